@@ -1,0 +1,1 @@
+"""modellane's Ray-free core: settings, schemas, registry client, routing and validation."""

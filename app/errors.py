@@ -1,0 +1,110 @@
+"""Errors the gateway turns into HTTP answers, all with one JSON body shape.
+
+Body: ``{"error": {"status": 422, "code": "invalid_input", "message": "...",
+"model": "iris", "version": "2", "field": "inputs[0].petal_length"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ModellaneError(Exception):
+    """Base of every error that becomes an HTTP answer."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str | None = None,
+        version: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.model = model
+        self.version = version
+        self.field = field
+
+    def body(self) -> dict[str, Any]:
+        """The common error body."""
+        return error_body(
+            self.status,
+            self.code,
+            self.message,
+            model=self.model,
+            version=self.version,
+            field=self.field,
+        )
+
+
+class BadRequest(ModellaneError):
+    status = 400
+    code = "bad_request"
+
+
+class ModelNotFound(ModellaneError):
+    status = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(ModellaneError):
+    status = 413
+    code = "payload_too_large"
+
+
+class InvalidInput(ModellaneError):
+    status = 422
+    code = "invalid_input"
+
+
+class ModelFailed(ModellaneError):
+    status = 500
+    code = "model_error"
+
+
+class ModelUnavailable(ModellaneError):
+    status = 503
+    code = "model_unavailable"
+
+
+_BY_STATUS: dict[int, type[ModellaneError]] = {
+    cls.status: cls
+    for cls in (BadRequest, ModelNotFound, PayloadTooLarge, InvalidInput, ModelFailed)
+}
+
+
+def error_body(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    model: str | None = None,
+    version: str | None = None,
+    field: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "error": {
+            "status": status,
+            "code": code,
+            "message": message,
+            "model": model,
+            "version": version,
+            "field": field,
+        }
+    }
+
+
+def from_body(body: dict[str, Any]) -> ModellaneError:
+    """Rebuild an error from its body (model servers send errors back as data)."""
+    err = body["error"]
+    cls = _BY_STATUS.get(int(err["status"]), ModellaneError)
+    exc = cls(
+        err["message"], model=err.get("model"), version=err.get("version"), field=err.get("field")
+    )
+    exc.status = int(err["status"])
+    exc.code = str(err["code"])
+    return exc

@@ -1,0 +1,178 @@
+"""The gateway's HTTP layer: parse requests, call the data plane, answer.
+
+Built as a plain FastAPI app by :func:`create_api`, so unit tests drive it in-process
+(``httpx.ASGITransport``) and the Ray Serve gateway wraps the very same app.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import constants
+from app.dataplane import DataPlane
+from app.errors import ModellaneError, PayloadTooLarge, error_body
+from app.schemas import ErrorResponse, Health, ModelList, PredictRequest, PredictResponse
+
+logger = logging.getLogger("modellane.http")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        404: "Unknown model",
+        413: "Body over the size limit",
+        422: "Malformed inputs; `field` names the offender",
+        500: "The model raised; the body names model and version",
+        503: "No healthy version of the model",
+    }.items()
+}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """Answer 413 to any body over ``limit`` bytes, declared or streamed, before it is parsed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope.get("headers", []):
+            if key == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._reject(send)
+                return
+
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        err = PayloadTooLarge(f"request body is larger than the limit of {self.limit} bytes")
+        body = json.dumps(err.body()).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": err.status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    field = ""
+    for part in parts:
+        field += f"[{part}]" if part.isdigit() else (f".{part}" if field else part)
+    return field or "body"
+
+
+def create_api(dataplane: DataPlane, *, max_body_bytes: int) -> FastAPI:
+    """The gateway's FastAPI app over ``dataplane``."""
+    api = FastAPI(
+        title="modellane gateway",
+        summary="Models from the MLflow registry, served on Ray Serve.",
+        version="0.1.0",
+    )
+    api.add_middleware(BodySizeLimit, limit=max_body_bytes)
+
+    @api.exception_handler(ModellaneError)
+    async def _modellane_error(_: Request, exc: ModellaneError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid body"}
+        if first.get("type") == "json_invalid":
+            message, field = "request body is not valid JSON", "body"
+        else:
+            field = _field_of(tuple(first.get("loc", ("body",))))
+            message = f"{field}: {first.get('msg', 'invalid value')}"
+        return JSONResponse(error_body(422, "invalid_input", message, field=field), 422)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(exc.status_code, code, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @api.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error in the gateway")
+        return JSONResponse(
+            error_body(500, "internal_error", f"internal error: {type(exc).__name__}"), 500
+        )
+
+    @api.post(
+        "/v1/models/{name}/predict",
+        response_model=PredictResponse,
+        responses=_ERRORS,
+        summary="Predict with the version the registry says serves",
+    )
+    async def predict(name: str, request: PredictRequest, response: Response) -> PredictResponse:
+        result, target = await dataplane.predict(name, request.inputs)
+        response.headers[constants.HEADER_MODEL_VERSION] = target.version
+        response.headers[constants.HEADER_MODEL_ROLE] = target.role
+        return result
+
+    @api.get("/v1/models", response_model=ModelList, summary="Models, versions and champions")
+    async def list_models() -> ModelList:
+        return dataplane.models()
+
+    @api.get("/healthz", response_model=Health, summary="The gateway is alive")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @api.get(
+        "/readyz",
+        response_model=Health,
+        responses={503: {"model": ErrorResponse, "description": "Some model cannot serve"}},
+        summary="Every model has a healthy champion",
+    )
+    async def readyz() -> Any:
+        unready = dataplane.unready()
+        if unready:
+            reasons = "; ".join(f"{name}: {why}" for name, why in sorted(unready.items()))
+            return JSONResponse(error_body(503, "not_ready", f"not ready: {reasons}"), 503)
+        return Health(status="ready", detail={n: "ok" for n in dataplane.table.models})
+
+    return api

@@ -1,0 +1,87 @@
+"""The MLflow Model Registry, as modellane reads it.
+
+The one place that decides which version of a model should serve
+(:func:`choose_champion`); the watcher calls it, nothing else does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app import constants
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """What modellane needs to know of one MLflow model version."""
+
+    version: str
+    stage: str | None = None
+    aliases: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The version a role should be served by, and where that came from."""
+
+    version: str
+    source: str
+
+
+def choose_champion(versions: list[RegisteredVersion]) -> Desired | None:
+    """The champion: the version holding alias ``champion``; where no version holds it,
+    the newest version in stage ``Production``; else none."""
+    for v in versions:
+        if constants.ROLE_CHAMPION in v.aliases:
+            return Desired(v.version, f"alias:{constants.ROLE_CHAMPION}")
+    production = [v for v in versions if v.stage == constants.STAGE_PRODUCTION]
+    if production:
+        newest = max(production, key=lambda v: int(v.version))
+        return Desired(newest.version, f"stage:{constants.STAGE_PRODUCTION}")
+    return None
+
+
+class RegistryClient:
+    """Reads registered models and versions from an MLflow tracking server."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        from mlflow import MlflowClient  # imported here: mlflow is slow to import
+
+        self.tracking_uri = tracking_uri
+        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def versions(self, name: str) -> list[RegisteredVersion]:
+        """Every version of ``name`` with its aliases and stage.
+
+        Raises:
+            LookupError: no registered model of that name.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self._client.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise LookupError(f"no registered model named {name!r}") from exc
+            raise
+        aliases_by_version: dict[str, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases_by_version.setdefault(str(version), []).append(alias)
+        found = self._client.search_model_versions(f"name = '{name}'")
+        return sorted(
+            (
+                RegisteredVersion(
+                    version=str(mv.version),
+                    stage=mv.current_stage if mv.current_stage not in (None, "None") else None,
+                    aliases=tuple(sorted(aliases_by_version.get(str(mv.version), []))),
+                    tags=dict(mv.tags or {}),
+                )
+                for mv in found
+            ),
+            key=lambda v: int(v.version),
+        )
+
+    def champion(self, name: str) -> Desired | None:
+        """The version of ``name`` that should serve as champion, if any."""
+        return choose_champion(self.versions(name))

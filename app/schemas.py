@@ -1,0 +1,85 @@
+"""HTTP payloads of the gateway; the same models drive validation and the OpenAPI docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Records = list[dict[str, Any]]
+Columns = dict[str, list[Any]]
+
+
+class PredictRequest(BaseModel):
+    """Body of ``POST /v1/models/{name}/predict``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "inputs": [
+                        {
+                            "sepal_length": 5.1,
+                            "sepal_width": 3.5,
+                            "petal_length": 1.4,
+                            "petal_width": 0.2,
+                        }
+                    ]
+                },
+                {"inputs": ["a sentence to embed or classify"]},
+            ]
+        },
+    )
+
+    inputs: list[Any] | Columns = Field(
+        ...,
+        description="Tabular models: a list of records or a dict of columns. "
+        "Text models: a list of strings.",
+    )
+
+
+class PredictResponse(BaseModel):
+    model: str = Field(..., description="Registered model name.")
+    version: str = Field(..., description="Model version that answered.")
+    outputs: list[Any] = Field(..., description="One output per input row.")
+
+
+class ErrorDetail(BaseModel):
+    status: int = Field(..., description="HTTP status code.")
+    code: str = Field(..., description="Machine-readable error code.")
+    message: str = Field(..., description="What went wrong, for a person.")
+    model: str | None = Field(None, description="Model concerned, where there is one.")
+    version: str | None = Field(None, description="Model version concerned, where there is one.")
+    field: str | None = Field(None, description="Offending input field, for 422.")
+
+
+class ErrorResponse(BaseModel):
+    """The one error body every endpoint uses."""
+
+    error: ErrorDetail
+
+
+class VersionInfo(BaseModel):
+    version: str
+    aliases: list[str] = Field(default_factory=list)
+    stage: str | None = None
+    role: str | None = Field(None, description="Role this version serves in, if any.")
+
+
+class ModelSummary(BaseModel):
+    name: str
+    champion: str | None = Field(None, description="Version serving as champion, if routable.")
+    champion_source: str | None = Field(
+        None, description="Where the champion came from: 'alias:champion' or 'stage:Production'."
+    )
+    versions: list[VersionInfo] = Field(default_factory=list)
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class Health(BaseModel):
+    status: str
+    detail: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,105 @@
+"""Typed configuration: the ``args:`` block of the control application in serve_config.yaml.
+
+Ray Serve validates that block against :class:`AppArgs` because the application
+builder (``deployments.builder:build_app``) is annotated with it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from app import constants
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ModelDeploymentConfig(BaseModel):
+    """How the replicas of every version application of one model are placed and sized."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: int | None = Field(
+        default=None, ge=1, description="Fixed replica count. Default 1 unless autoscaling is set."
+    )
+    autoscaling_config: dict[str, Any] | None = Field(
+        default=None,
+        description="Ray Serve autoscaling_config (min_replicas, max_replicas, ...). "
+        "Mutually exclusive with num_replicas.",
+    )
+    num_cpus: float = Field(default=0.5, gt=0, description="CPUs per replica; fractions allowed.")
+    num_gpus: float = Field(
+        default=0.0, ge=0, description="GPUs per replica; fractions such as 0.25 share a device."
+    )
+    max_ongoing_requests: int = Field(
+        default=8, ge=1, description="Requests one replica may hold at once."
+    )
+
+    @model_validator(mode="after")
+    def _one_scaling_mode(self) -> ModelDeploymentConfig:
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("set num_replicas or autoscaling_config, not both")
+        return self
+
+    def deployment_options(self) -> dict[str, Any]:
+        """The keyword arguments for ``Deployment.options`` of this model's ModelServer."""
+        options: dict[str, Any] = {
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "max_ongoing_requests": self.max_ongoing_requests,
+        }
+        if self.autoscaling_config is not None:
+            options["autoscaling_config"] = self.autoscaling_config
+        else:
+            options["num_replicas"] = self.num_replicas or 1
+        return options
+
+
+def _default_tracking_uri() -> str:
+    return os.environ.get(constants.ENV_TRACKING_URI, constants.DEFAULT_TRACKING_URI)
+
+
+class AppArgs(BaseModel):
+    """Arguments of the control application (gateway + registry watcher)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mlflow_tracking_uri: str = Field(
+        default_factory=_default_tracking_uri,
+        description="MLflow tracking server every node can reach. "
+        "Defaults to $MLFLOW_TRACKING_URI, else http://127.0.0.1:5000.",
+    )
+    models: dict[str, ModelDeploymentConfig] = Field(
+        default_factory=dict,
+        description="Registered models to serve, by MLflow registered model name.",
+    )
+    max_body_bytes: int = Field(
+        default=constants.DEFAULT_MAX_BODY_BYTES,
+        gt=0,
+        description="Largest request body the gateway accepts; larger bodies get 413.",
+    )
+    poll_interval_s: float = Field(
+        default=constants.DEFAULT_POLL_INTERVAL_S,
+        gt=0,
+        description="How often the registry watcher reads the MLflow registry.",
+    )
+    deploy_timeout_s: float = Field(
+        default=constants.DEFAULT_DEPLOY_TIMEOUT_S,
+        gt=0,
+        description="How long a version application may take to become healthy.",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _valid_names(
+        cls, models: dict[str, ModelDeploymentConfig]
+    ) -> dict[str, ModelDeploymentConfig]:
+        for name in models:
+            if not _MODEL_NAME.match(name):
+                raise ValueError(
+                    f"model name {name!r} must match {_MODEL_NAME.pattern} "
+                    "(it becomes part of a Ray Serve application name)"
+                )
+        return models

@@ -1,0 +1,1 @@
+"""Ray Serve glue around the Ray-free core in :mod:`app`."""

@@ -1,0 +1,49 @@
+"""A model version reached through a Ray Serve deployment handle (the KServe adapter idea)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+from app import constants
+from app.errors import ModelFailed, ModelUnavailable
+from app.routing import Target
+
+logger = logging.getLogger("ray.serve")
+
+
+class HandleBackend:
+    """:class:`app.dataplane.ModelBackend` over the version application's deployment handle."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._handle = serve.get_deployment_handle(
+            constants.MODEL_SERVER_DEPLOYMENT, app_name=target.app_name
+        )
+
+    @classmethod
+    def for_target(cls, target: Target) -> HandleBackend:
+        return cls(target)
+
+    async def predict(self, inputs: Any) -> dict[str, Any]:
+        where = {"model": self.target.model, "version": self.target.version}
+        try:
+            answer: dict[str, Any] = await self._handle.predict.remote(inputs)
+        except (BackPressureError, DeploymentUnavailableError, RayActorError) as exc:
+            raise ModelUnavailable(
+                f"model {self.target.model} version {self.target.version} is unavailable: "
+                f"{type(exc).__name__}",
+                **where,
+            ) from exc
+        except RayTaskError as exc:
+            logger.exception("call to %s failed", self.target.app_name)
+            raise ModelFailed(
+                f"model {self.target.model} version {self.target.version} failed: "
+                f"{type(exc.cause).__name__ if exc.cause else 'error'}",
+                **where,
+            ) from exc
+        return answer

@@ -1,0 +1,12 @@
+# Source this in your shell to use the CLIs against the stack scripts/up.sh started:
+#   source scripts/env.sh && serve status
+# Ray 2.60 guards its dashboard and REST API (what `serve deploy` and `serve status` call)
+# with a token: `ray get-auth-token --generate` wrote it to ~/.ray/auth_token, and the
+# clients send it when RAY_AUTH_MODE=token is set.
+_modellane_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
+export PATH="$_modellane_root/.venv/bin:$PATH"
+export RAY_AUTH_MODE=token
+export RAY_ADDRESS=${RAY_ADDRESS:-http://127.0.0.1:8265}
+export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-http://127.0.0.1:5000}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+unset _modellane_root

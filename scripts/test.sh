@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command: install if needed, then lint, type-check and run the whole suite.
+# Unit tests need nothing running; integration tests start their own MLflow server and
+# one Ray instance for the whole run (tests/integration/conftest.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install.sh
+source scripts/env.sh
+unset RAY_ADDRESS  # the suite starts its own Ray; never attach it to a running stack
+
+echo "[test] ruff"
+ruff check .
+ruff format --check .
+echo "[test] mypy"
+mypy
+echo "[test] pytest"
+exec pytest "$@"
