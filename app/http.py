@@ -56,27 +56,34 @@ class BodySizeLimit:
                 return
 
         seen = 0
-        started = False
+        too_large = False
+        rejected = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, too_large
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    too_large = True
                     raise _BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        async def guarded_send(message: Message) -> None:
+            # Frameworks turn an exception raised while reading the body into their own
+            # 400; once the limit was crossed, answer our 413 in place of whatever they say.
+            nonlocal rejected
+            if not too_large:
+                await send(message)
+            elif not rejected and message["type"] == "http.response.start":
+                rejected = True
+                await self._reject(send)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, guarded_send)
         except _BodyTooLarge:
-            if not started:
+            if not rejected:
+                rejected = True
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
@@ -109,6 +116,8 @@ def create_api(dataplane: DataPlane, *, max_body_bytes: int) -> FastAPI:
         title="modellane gateway",
         summary="Models from the MLflow registry, served on Ray Serve.",
         version="0.1.0",
+        # Accept JSON bodies whatever Content-Type the client sent (curl -d sends a form's).
+        strict_content_type=False,
     )
     api.add_middleware(BodySizeLimit, limit=max_body_bytes)
 

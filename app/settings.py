@@ -97,7 +97,7 @@ class AppArgs(BaseModel):
         cls, models: dict[str, ModelDeploymentConfig]
     ) -> dict[str, ModelDeploymentConfig]:
         for name in models:
-            if not _MODEL_NAME.match(name):
+            if not _MODEL_NAME.fullmatch(name):
                 raise ValueError(
                     f"model name {name!r} must match {_MODEL_NAME.pattern} "
                     "(it becomes part of a Ray Serve application name)"

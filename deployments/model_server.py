@@ -31,9 +31,8 @@ class ModelServer:
     def __init__(self, model: str, version: str, tracking_uri: str) -> None:
         for key, value in constants.OFFLINE_ENV.items():
             os.environ.setdefault(key, value)
-        from mlflow.models import Model
-
         import mlflow
+        from mlflow.models import Model
 
         self.model_name, self.version = model, version
         started = time.monotonic()

@@ -22,10 +22,9 @@ import tempfile
 for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
     os.environ.setdefault(_key, _value)
 
-from mlflow.models import infer_signature  # noqa: E402
-
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
+from mlflow.models import infer_signature  # noqa: E402
 
 IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 EXPERIMENT = "modellane-demo-models"

@@ -1,0 +1,29 @@
+"""Test helpers shared by every layer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_for(
+    condition: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.5
+) -> Any:
+    """Poll ``condition`` until it returns a truthy value; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+            if result:
+                return result
+        except Exception as exc:  # the condition may raise until the thing is up
+            last_error = exc
+        time.sleep(every_s)
+    raise TimeoutError(
+        f"timed out after {timeout_s}s waiting for {what}; last error: {last_error!r}"
+    )
