@@ -25,10 +25,28 @@ DEFAULT_MAX_BODY_BYTES = 1_000_000
 DEFAULT_POLL_INTERVAL_S = 10.0
 DEFAULT_TABLE_WAIT_S = 30.0
 DEFAULT_DEPLOY_TIMEOUT_S = 600.0
+DEFAULT_KEEP_PREVIOUS_S = 300.0
+DEFAULT_ROLLBACK_WAIT_S = 120.0
+
+# Tags modellane writes into the MLflow registry (all under "modellane.").
+TAG_PREFIX = "modellane."
+TAG_SWITCHED_AT = "modellane.switched_at"  # on a version: when it last became champion
+TAG_SWITCH = "modellane.last_switch"  # on a version: from which version, why
+TAG_LOAD_ERROR = "modellane.load_error"  # on a version: why it failed to load or validate
+TAG_FAILED_AT = "modellane.failed_at"
+TAG_PREVIOUS_CHAMPION = "modellane.previous_champion"  # on a model: the champion before
 
 # Response headers
 HEADER_MODEL_VERSION = "X-Model-Version"
 HEADER_MODEL_ROLE = "X-Model-Role"
+
+# The watcher must notice an unreachable registry in seconds, not after MLflow's default
+# retries (minutes); operators may override these in the environment.
+REGISTRY_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 
 # Never download weights from a hub at run time.
 OFFLINE_ENV = {

@@ -8,6 +8,7 @@ in-process fake in unit tests.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -37,6 +38,9 @@ class DataPlane:
         self._backend_for = backend_for
         self._backends: dict[str, ModelBackend] = {}
         self._table = table or RoutingTable()
+        self.installed_at: float | None = None
+        #: model -> (champion version, when this replica began routing to it)
+        self.champion_since: dict[str, tuple[str, float]] = {}
 
     @property
     def table(self) -> RoutingTable:
@@ -47,6 +51,11 @@ class DataPlane:
         if table.epoch <= self._table.epoch:
             return False
         self._table = table  # one reference swap: a request sees the old or the new, whole
+        now = self.installed_at = time.time()
+        for name, routes in table.models.items():
+            version = routes.champion.version if routes.champion else None
+            if version is not None and self.champion_since.get(name, ("", 0.0))[0] != version:
+                self.champion_since[name] = (version, now)
         return True
 
     def _backend(self, target: Target) -> ModelBackend:

@@ -61,6 +61,11 @@ class InvalidInput(ModellaneError):
     code = "invalid_input"
 
 
+class Conflict(ModellaneError):
+    status = 409
+    code = "conflict"
+
+
 class ModelFailed(ModellaneError):
     status = 500
     code = "model_error"
@@ -73,7 +78,15 @@ class ModelUnavailable(ModellaneError):
 
 _BY_STATUS: dict[int, type[ModellaneError]] = {
     cls.status: cls
-    for cls in (BadRequest, ModelNotFound, PayloadTooLarge, InvalidInput, ModelFailed)
+    for cls in (
+        BadRequest,
+        ModelNotFound,
+        Conflict,
+        PayloadTooLarge,
+        InvalidInput,
+        ModelFailed,
+        ModelUnavailable,
+    )
 }
 
 

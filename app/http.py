@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -18,8 +18,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import constants
 from app.dataplane import DataPlane
-from app.errors import ModellaneError, PayloadTooLarge, error_body
-from app.schemas import ErrorResponse, Health, ModelList, PredictRequest, PredictResponse
+from app.errors import ModellaneError, PayloadTooLarge, error_body, from_body
+from app.events import Event
+from app.schemas import (
+    ErrorResponse,
+    Health,
+    ModelList,
+    ModelStatus,
+    PredictRequest,
+    PredictResponse,
+    RollbackResult,
+)
 
 logger = logging.getLogger("modellane.http")
 
@@ -33,6 +42,27 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         503: "No healthy version of the model",
     }.items()
 }
+
+
+class ControlPlane(Protocol):
+    """The admin side, answered by the registry watcher.
+
+    Answers are plain dicts; an error is the common error body ``{"error": {...}}``.
+    """
+
+    async def model_status(self, name: str) -> dict[str, Any]: ...
+
+    async def rollback(self, name: str) -> dict[str, Any]: ...
+
+    async def events(self, model: str | None, since: int, limit: int) -> list[dict[str, Any]]: ...
+
+    async def reload(self) -> None: ...
+
+
+def _unwrap(answer: dict[str, Any]) -> dict[str, Any]:
+    if "error" in answer:
+        raise from_body(answer)
+    return answer
 
 
 class _BodyTooLarge(Exception):
@@ -110,8 +140,14 @@ def _field_of(loc: tuple[Any, ...]) -> str:
     return field or "body"
 
 
-def create_api(dataplane: DataPlane, *, max_body_bytes: int) -> FastAPI:
-    """The gateway's FastAPI app over ``dataplane``."""
+def create_api(
+    dataplane: DataPlane,
+    *,
+    max_body_bytes: int,
+    control: ControlPlane | None = None,
+    replica: str = "local",
+) -> FastAPI:
+    """The gateway's FastAPI app over ``dataplane`` (and ``control`` for /admin)."""
     api = FastAPI(
         title="modellane gateway",
         summary="Models from the MLflow registry, served on Ray Serve.",
@@ -184,4 +220,68 @@ def create_api(dataplane: DataPlane, *, max_body_bytes: int) -> FastAPI:
             return JSONResponse(error_body(503, "not_ready", f"not ready: {reasons}"), 503)
         return Health(status="ready", detail={n: "ok" for n in dataplane.table.models})
 
+    if control is not None:
+        _add_admin_routes(api, dataplane, control, replica)
     return api
+
+
+def _add_admin_routes(
+    api: FastAPI, dataplane: DataPlane, control: ControlPlane, replica: str
+) -> None:
+    @api.get(
+        "/admin/models/{name}",
+        response_model=ModelStatus,
+        responses={404: _ERRORS[404]},
+        summary="Serving version, its source and health, the previous version",
+        tags=["admin"],
+    )
+    async def model_status(name: str) -> dict[str, Any]:
+        return _unwrap(await control.model_status(name))
+
+    @api.post(
+        "/admin/models/{name}/rollback",
+        response_model=RollbackResult,
+        responses={404: _ERRORS[404], 409: {"model": ErrorResponse, "description": "No previous"}},
+        summary="Move alias champion back to the previous champion, in MLflow",
+        tags=["admin"],
+    )
+    async def rollback(name: str) -> dict[str, Any]:
+        return _unwrap(await control.rollback(name))
+
+    @api.get(
+        "/admin/events",
+        response_model=list[Event],
+        summary="Audit trail: deploys, switches, rollbacks, failures, retries",
+        tags=["admin"],
+    )
+    async def events(
+        model: str | None = None,
+        since: int = Query(0, ge=0, description="Only events with a larger seq."),
+        limit: int = Query(500, ge=1, le=2000),
+    ) -> list[dict[str, Any]]:
+        return await control.events(model, since, limit)
+
+    @api.post(
+        "/admin/reload", status_code=202, summary="Reconcile with the registry now", tags=["admin"]
+    )
+    async def reload() -> dict[str, str]:
+        await control.reload()
+        return {"status": "reconciling"}
+
+    @api.get(
+        "/admin/routing", summary="The routing table this gateway replica holds", tags=["admin"]
+    )
+    async def routing() -> dict[str, Any]:
+        table = dataplane.table
+        return {
+            "replica": replica,
+            "epoch": table.epoch,
+            "installed_at": dataplane.installed_at,
+            "champions": {
+                name: {
+                    "version": routes.champion.version if routes.champion else None,
+                    "since": dataplane.champion_since.get(name, (None, None))[1],
+                }
+                for name, routes in table.models.items()
+            },
+        }

@@ -85,3 +85,21 @@ class RegistryClient:
     def champion(self, name: str) -> Desired | None:
         """The version of ``name`` that should serve as champion, if any."""
         return choose_champion(self.versions(name))
+
+    # -- writes: every outcome goes back into the registry -------------------------------
+
+    def set_champion(self, name: str, version: str) -> None:
+        """Move alias ``champion`` to ``version`` (a promotion or a rollback)."""
+        self._client.set_registered_model_alias(name, constants.ROLE_CHAMPION, version)
+
+    def tag_version(self, name: str, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self._client.set_model_version_tag(name, version, key, value)
+
+    def tag_model(self, name: str, key: str, value: str) -> None:
+        self._client.set_registered_model_tag(name, key, value)
+
+    def model_tag(self, name: str, key: str) -> str | None:
+        tags = self._client.get_registered_model(name).tags or {}
+        value = tags.get(key)
+        return str(value) if value is not None else None

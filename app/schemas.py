@@ -83,3 +83,42 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: str
     detail: dict[str, str] = Field(default_factory=dict)
+
+
+class ReplicaHealth(BaseModel):
+    app: str = Field(..., description="Ray Serve application of the version.")
+    status: str = Field(..., description="Application status, e.g. RUNNING.")
+    replicas: dict[str, int] = Field(default_factory=dict, description="Replicas by state.")
+
+
+class FailureInfo(BaseModel):
+    version: str
+    attempts: int
+    reason: str
+    next_try_in_s: float
+
+
+class ModelStatus(BaseModel):
+    """``GET /admin/models/{name}``: what serves and what could serve next."""
+
+    name: str
+    serving_version: str | None = Field(None, description="The champion in force.")
+    source: str | None = Field(None, description="'alias:champion' or 'stage:Production'.")
+    loaded_at: float | None = Field(None, description="Unix time the champion became routable.")
+    health: ReplicaHealth | None = None
+    previous_version: str | None = Field(None, description="The champion before, if known.")
+    previous_warm: bool = Field(False, description="Whether a rollback to it is instant.")
+    deploying: str | None = Field(None, description="Version being deployed now, if any.")
+    problem: str | None = None
+    failures: list[FailureInfo] = Field(default_factory=list)
+    versions: list[VersionInfo] = Field(default_factory=list)
+    epoch: int = Field(0, description="Routing table epoch in force at the watcher.")
+
+
+class RollbackResult(BaseModel):
+    name: str
+    from_version: str | None
+    to_version: str
+    switched: bool = Field(..., description="Whether the switch happened before the answer.")
+    switch_s: float = Field(..., description="Seconds from the call to the switch.")
+    status: ModelStatus

@@ -85,6 +85,11 @@ class AppArgs(BaseModel):
         gt=0,
         description="How often the registry watcher reads the MLflow registry.",
     )
+    keep_previous_s: float = Field(
+        default=constants.DEFAULT_KEEP_PREVIOUS_S,
+        ge=0,
+        description="How long a replaced version stays deployed (warm) so a rollback is instant.",
+    )
     deploy_timeout_s: float = Field(
         default=constants.DEFAULT_DEPLOY_TIMEOUT_S,
         gt=0,

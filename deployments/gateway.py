@@ -19,6 +19,27 @@ from deployments.backends import HandleBackend
 
 logger = logging.getLogger("ray.serve")
 
+_FIRST_TABLE_WAIT_S = 60.0
+
+
+class WatcherControl:
+    """:class:`app.http.ControlPlane` over the registry watcher's deployment handle."""
+
+    def __init__(self, watcher: DeploymentHandle) -> None:
+        self._watcher = watcher
+
+    async def model_status(self, name: str) -> dict[str, Any]:
+        return await self._watcher.model_status.remote(name)
+
+    async def rollback(self, name: str) -> dict[str, Any]:
+        return await self._watcher.rollback.remote(name)
+
+    async def events(self, model: str | None, since: int, limit: int) -> list[dict[str, Any]]:
+        return await self._watcher.events.remote(model, since, limit)
+
+    async def reload(self) -> None:
+        await self._watcher.reload.remote()
+
 
 @serve.deployment(
     name=constants.GATEWAY_DEPLOYMENT,
@@ -30,11 +51,27 @@ class Gateway:
     async def __init__(self, watcher: DeploymentHandle, args: dict[str, Any]) -> None:  # type: ignore[misc]
         self._args = AppArgs.model_validate(args)
         self._watcher = watcher
+        self._replica = serve.get_replica_context().replica_id.unique_id
         self.dataplane = DataPlane(backend_for=HandleBackend.for_target)
+        # Take the first table before this replica reports healthy, so that a replica
+        # added or replaced under traffic never answers from an empty table.
+        try:
+            table = await asyncio.wait_for(
+                watcher.wait_for_table.remote(0, _FIRST_TABLE_WAIT_S), _FIRST_TABLE_WAIT_S + 5
+            )
+            if table is not None:
+                self.dataplane.update_table(RoutingTable.model_validate(table))
+        except Exception as exc:  # the watcher may be starting too; follow it from here
+            logger.warning("no routing table yet: %s", exc)
         self._follow_task = asyncio.get_running_loop().create_task(self._follow_table())
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self.dataplane, max_body_bytes=self._args.max_body_bytes)
+        return create_api(
+            self.dataplane,
+            max_body_bytes=self._args.max_body_bytes,
+            control=WatcherControl(self._watcher),
+            replica=self._replica,
+        )
 
     async def _follow_table(self) -> None:
         """Long-poll the watcher; install each newer routing table as soon as it exists."""
@@ -45,9 +82,9 @@ class Gateway:
                 )
             except Exception as exc:  # watcher restarting: keep the table in force, ask again
                 logger.warning("routing table long-poll failed: %s", exc)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(0.5)
                 continue
-            if table is not None and self.dataplane.update_table(
-                RoutingTable.model_validate(table)
-            ):
+            if table is None:
+                continue
+            if self.dataplane.update_table(RoutingTable.model_validate(table)):
                 logger.info("routing table epoch %d in force", self.dataplane.table.epoch)

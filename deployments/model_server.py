@@ -24,7 +24,12 @@ from app.validation import InputSpec, parse_inputs, to_jsonable
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(name=constants.MODEL_SERVER_DEPLOYMENT, health_check_period_s=10)
+@serve.deployment(
+    name=constants.MODEL_SERVER_DEPLOYMENT,
+    health_check_period_s=10,
+    # A version that cannot load fails fast; the registry watcher retries it with backoff.
+    max_constructor_retry_count=2,
+)
 class ModelServer:
     """Serves ``models:/<model>/<version>``; answers envelopes (see ``app.dataplane``)."""
 

@@ -29,6 +29,9 @@ from tests.helpers import REPO, wait_for
 pytestmark = pytest.mark.integration
 
 MODELS_DIR = Path(__file__).parent / "models"
+IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+#: Models the test gateway serves besides the demo ones, with small replicas.
+TEST_MODELS = ("failing", "stageonly", "swapper", "broken")
 
 
 def _free_port() -> int:
@@ -37,33 +40,61 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_for(
-            lambda: httpx.get(f"{uri}/health", timeout=2).status_code == 200, 120, "MLflow server"
-        )
-        yield uri
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+class MlflowServer:
+    """A real ``mlflow server`` process on a fixed loopback port; can be stopped and started
+    again on the same store (the registry-outage test does)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.root / "server.log").open("a")
+        self._proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server",
+                "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+                "--artifacts-destination", str(self.root / "artifacts"),
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
+        )  # fmt: skip
         log.close()
+        wait_for(self.healthy, 120, "MLflow server")
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.uri}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+        self._proc = None
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(mlflow_server: MlflowServer) -> str:
+    return mlflow_server.uri
 
 
 @pytest.fixture(scope="session")
@@ -105,6 +136,30 @@ def _register_test_models(uri: str) -> None:
                                     run_id=iris.run_id)  # fmt: skip
     client.transition_model_version_stage("stageonly", "1", "Production")
 
+    # swapper: iris v1 and v2 again, champion v1; the hot-swap tests move it.
+    weak = client.get_model_version("iris", "1")
+    client.create_registered_model("swapper")
+    for mv in (weak, iris):
+        client.create_model_version("swapper", source=f"models:/{mv.name}/{mv.version}",
+                                    run_id=mv.run_id)  # fmt: skip
+    client.set_registered_model_alias("swapper", "champion", "1")
+
+    # broken: v1 good (iris), v2 raises on load, v3 fails on its own input example.
+    client.create_registered_model("broken")
+    client.create_model_version("broken", source=f"models:/{iris.name}/{iris.version}",
+                                run_id=iris.run_id)  # fmt: skip
+    example = pd.DataFrame([[5.1, 3.5, 1.4, 0.2]], columns=IRIS_COLUMNS)
+    for code in ("broken_on_load.py", "broken_on_example.py"):
+        with mlflow.start_run(run_name=code):
+            mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(MODELS_DIR / code),
+                input_example=example,
+                registered_model_name="broken",
+                pip_requirements=["mlflow", "pandas"],
+            )
+    client.set_registered_model_alias("broken", "champion", "1")
+
 
 @pytest.fixture(scope="session")
 def serve_http() -> Iterator[str]:
@@ -122,34 +177,38 @@ def serve_http() -> Iterator[str]:
         ray.shutdown()
 
 
-def gateway_args(tracking_uri: str) -> dict[str, Any]:
-    """serve_config.yaml's args for the control app, pointed at the test registry."""
+def control_config(tracking_uri: str, http_port: int, **changes: Any) -> dict[str, Any]:
+    """serve_config.yaml, pointed at the test registry and proxy, with ``changes`` to the
+    control app's args; two gateway replicas."""
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": http_port}
     (control,) = [a for a in config["applications"] if a["name"] == "modellane"]
-    args: dict[str, Any] = dict(control["args"])
+    args = control["args"]
     args["mlflow_tracking_uri"] = tracking_uri
     args["poll_interval_s"] = 2
-    args["models"] = {
-        **args["models"],
-        "failing": {"num_replicas": 1, "num_cpus": 0.1},
-        "stageonly": {"num_replicas": 1, "num_cpus": 0.1},
-    }
-    return args
+    args["keep_previous_s"] = 30
+    for name in TEST_MODELS:
+        args["models"][name] = {"num_replicas": 1, "num_cpus": 0.1}
+    args.update(changes)
+    for deployment in control["deployments"]:
+        if deployment["name"] == "Gateway":
+            deployment["num_replicas"] = 2
+    return config
+
+
+def serve_deploy(config: dict[str, Any]) -> None:
+    """What ``serve deploy`` does, minus the REST hop: apply a config declaratively."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
 
 
 @pytest.fixture(scope="session")
 def gateway(serve_http: str, registry: str) -> str:
-    """The control application, running and ready; yields the gateway's base URL."""
-    from ray import serve
-
-    from app.settings import AppArgs
-    from deployments.builder import build_app
-
-    serve.run(
-        build_app(AppArgs.model_validate(gateway_args(registry))),
-        name="modellane",
-        route_prefix="/",
-    )
+    """The control application, deployed declaratively from serve_config.yaml, ready."""
+    port = int(serve_http.rsplit(":", 1)[1])
+    serve_deploy(control_config(registry, port))
     wait_for(
         lambda: httpx.get(f"{serve_http}/readyz", timeout=5).status_code == 200,
         600,

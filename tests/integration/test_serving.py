@@ -89,7 +89,15 @@ def test_health_readiness_and_docs(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "detail": {}}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert set(ready.json()["detail"]) == {"iris", "minilm", "sentiment", "failing", "stageonly"}
+    assert set(ready.json()["detail"]) == {
+        "iris",
+        "minilm",
+        "sentiment",
+        "failing",
+        "stageonly",
+        "swapper",
+        "broken",
+    }
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     predict = spec["paths"]["/v1/models/{name}/predict"]["post"]

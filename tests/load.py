@@ -1,0 +1,103 @@
+"""A bounded HTTP load generator for tests: asyncio + httpx in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class Sample:
+    started: float
+    ended: float
+    status: int  # 0: no HTTP answer at all
+    version: str | None
+    error: str | None = None
+
+
+@dataclass
+class LoadResult:
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Sample]:
+        return [s for s in self.samples if s.status != 200]
+
+    def statuses(self) -> Counter[int]:
+        return Counter(s.status for s in self.samples)
+
+    def versions(self) -> Counter[str | None]:
+        return Counter(s.version for s in self.samples)
+
+    def p99_s(self) -> float:
+        latencies = sorted(s.ended - s.started for s in self.samples)
+        return latencies[int(0.99 * (len(latencies) - 1))] if latencies else 0.0
+
+
+class Load:
+    """Send POSTs at ``concurrency`` until at least ``min_requests`` are done and ``until()``
+    holds (checked between requests), or ``max_s`` passes. Use as a context manager."""
+
+    def __init__(
+        self,
+        url: str,
+        body: dict[str, Any],
+        *,
+        concurrency: int = 8,
+        min_requests: int = 0,
+        until: Callable[[], bool] = lambda: True,
+        max_s: float = 120.0,
+    ) -> None:
+        self.url, self.body, self.concurrency = url, body, concurrency
+        self.min_requests, self.until, self.max_s = min_requests, until, max_s
+        self.result = LoadResult()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wait()
+
+    def done(self) -> int:
+        return len(self.result.samples)
+
+    def wait(self) -> LoadResult:
+        self._thread.join(self.max_s + 30)
+        self._stop.set()
+        return self.result
+
+    def _finished(self, deadline: float) -> bool:
+        if self._stop.is_set() or time.monotonic() > deadline:
+            return True
+        return self.done() >= self.min_requests and self.until()
+
+    async def _main(self) -> None:
+        deadline = time.monotonic() + self.max_s
+        limits = httpx.Limits(max_connections=self.concurrency)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+
+            async def worker() -> None:
+                while not self._finished(deadline):
+                    started = time.time()
+                    try:
+                        answer = await client.post(self.url, json=self.body)
+                        sample = Sample(
+                            started, time.time(), answer.status_code,
+                            answer.headers.get("X-Model-Version"),
+                            None if answer.status_code == 200 else answer.text[:300],
+                        )  # fmt: skip
+                    except httpx.HTTPError as exc:
+                        sample = Sample(started, time.time(), 0, None, repr(exc))
+                    self.result.samples.append(sample)
+
+            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
