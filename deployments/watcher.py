@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Coroutine
 from importlib.metadata import version as package_version
@@ -366,7 +367,7 @@ class RegistryWatcher:
                 self._args.deploy_timeout_s,
             )
         except Exception as exc:
-            reason = _reason(exc)
+            reason = await asyncio.to_thread(_failure_reason, app_name, exc)
             failure = record_failure(state, desired.version, reason, time.time())
             logger.error("%s failed: %s", app_name, reason)
             self._events.add(ev.FAILURE, name, desired.version, f"{app_name} failed: {reason}")
@@ -504,12 +505,24 @@ def _deploy_app(model: str, version: str, config: ModelDeploymentConfig, args: A
     serve.run(app, name=constants.version_app_name(model, version), route_prefix=None)
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    # Serve's deploy failures carry the replica's traceback; its last line says why.
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    tail = next((ln for ln in reversed(lines) if "Error" in ln or "Exception" in ln), None)
-    return (tail or lines[-1] if lines else type(exc).__name__)[:500]
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception)(?:\(\w+\))?: .+")
+
+
+def _failure_reason(app_name: str, exc: BaseException) -> str:
+    """Why a version application failed: the last exception line of its replica's
+    traceback (from ``serve.status()``), else of the deploy call's own error."""
+    texts: list[str] = []
+    with contextlib.suppress(Exception):
+        app = serve.status().applications[app_name]
+        texts += [d.message for d in app.deployments.values() if d.message]
+        texts.append(app.message or "")
+    texts.append(str(exc))
+    for text in texts:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        found = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
+        if found:
+            return found[-1][:500]
+    return (str(exc) or type(exc).__name__)[:500]
 
 
 def _iso(ts: float) -> str:

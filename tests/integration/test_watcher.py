@@ -247,6 +247,16 @@ def test_every_gateway_replica_routes_to_the_new_version_within_1s(
         assert lag <= 1.0
 
 
+def test_replaced_version_is_deleted_after_keep_previous(client: httpx.Client):
+    # keep_previous_s is 30 in the test stack: the version swapper left is retired after it.
+    # (Before the config test below: events live in the watcher, which that test restarts.)
+    serving = _serving(client, "swapper")
+    old = f"swapper-v{'1' if serving == '2' else '2'}"
+    wait_for(lambda: old not in serve.status().applications, 120, f"{old} to be deleted")
+    assert any(e["kind"] == "retire" for e in _events(client, "swapper"))
+    assert client.post("/v1/models/swapper/predict", json=ROW).status_code == 200
+
+
 def test_serve_deploy_of_a_changed_config_under_load(
     client: httpx.Client, gateway: str, registry: str
 ):
@@ -288,12 +298,3 @@ def test_serve_deploy_of_a_changed_config_under_load(
     assert not load.result.failed, load.result.failed[:3]
     assert apps_before - {"modellane"} <= set(serve.status().applications)
     assert client.get("/readyz").status_code == 200
-
-
-def test_replaced_version_is_deleted_after_keep_previous(client: httpx.Client):
-    # keep_previous_s is 30 in the test stack: the version swapper left is retired after it.
-    serving = _serving(client, "swapper")
-    old = f"swapper-v{'1' if serving == '2' else '2'}"
-    wait_for(lambda: old not in serve.status().applications, 120, f"{old} to be deleted")
-    assert any(e["kind"] == "retire" for e in _events(client, "swapper"))
-    assert client.post("/v1/models/swapper/predict", json=ROW).status_code == 200

@@ -1,0 +1,139 @@
+"""Compare a shadow's (or challenger's) answers with the primary's, and keep running figures.
+
+- classifiers (outputs with a ``label``, or strings): label agreement;
+- numbers: mean absolute difference;
+- embeddings (lists of numbers): cosine similarity;
+- always: the latency ratio other / primary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+@dataclass(frozen=True)
+class Comparison:
+    kind: str  # "label" | "numeric" | "embedding" | "mismatch"
+    value: float  # agreement share, mean absolute difference, or mean cosine similarity
+    rows: int
+
+
+def compare_outputs(primary: list[Any], other: list[Any]) -> Comparison:
+    """Compare two answers to the same inputs, row by row."""
+    rows = min(len(primary), len(other))
+    if rows == 0 or len(primary) != len(other):
+        return Comparison("mismatch", 0.0, rows)
+    first = primary[0]
+    if isinstance(first, dict) and "label" in first:
+        same = sum(
+            isinstance(b, dict) and a.get("label") == b.get("label")
+            for a, b in zip(primary, other, strict=True)
+        )
+        return Comparison("label", same / rows, rows)
+    if isinstance(first, str | bool) or (isinstance(first, int) and _all_int(primary, other)):
+        same = sum(a == b for a, b in zip(primary, other, strict=True))
+        return Comparison("label", same / rows, rows)
+    if _is_number(first):
+        diffs = [
+            abs(float(a) - float(b)) if _is_number(a) and _is_number(b) else math.inf
+            for a, b in zip(primary, other, strict=True)
+        ]
+        return Comparison("numeric", sum(diffs) / rows, rows)
+    if isinstance(first, list):
+        sims = [_cosine(a, b) for a, b in zip(primary, other, strict=True)]
+        return Comparison("embedding", sum(sims) / rows, rows)
+    same = sum(a == b for a, b in zip(primary, other, strict=True))
+    return Comparison("label", same / rows, rows)
+
+
+def _all_int(*lists: list[Any]) -> bool:
+    # Integer class ids compare as labels; integer regressions would be rare and still fair.
+    return all(isinstance(v, int) and not isinstance(v, bool) for lst in lists for v in lst)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _cosine(a: Any, b: Any) -> float:
+    if not isinstance(a, list) or not isinstance(b, list) or len(a) != len(b) or not a:
+        return 0.0
+    dot = sum(float(x) * float(y) for x, y in zip(a, b, strict=True))
+    na = math.sqrt(sum(float(x) ** 2 for x in a))
+    nb = math.sqrt(sum(float(y) ** 2 for y in b))
+    return dot / (na * nb) if na and nb else 0.0
+
+
+class ComparisonStats(BaseModel):
+    """Running comparison of one version against the primary (mergeable across replicas)."""
+
+    compared: int = Field(0, description="Answers compared.")
+    kind: str | None = Field(None, description="label, numeric or embedding.")
+    value_sum: float = Field(0.0, description="Sum of per-answer agreement / difference.")
+    latency_ratio_sum: float = 0.0
+    errors: int = Field(0, description="Calls that raised or answered an error.")
+    timeouts: int = Field(0, description="Calls that took longer than the timeout.")
+    dropped: int = Field(0, description="Calls not made: too many already in flight.")
+
+    def add(self, comparison: Comparison, latency_ratio: float) -> None:
+        self.compared += 1
+        self.kind = comparison.kind
+        self.value_sum += comparison.value
+        self.latency_ratio_sum += latency_ratio
+
+    def merge(self, other: ComparisonStats) -> ComparisonStats:
+        return ComparisonStats(
+            compared=self.compared + other.compared,
+            kind=self.kind or other.kind,
+            value_sum=self.value_sum + other.value_sum,
+            latency_ratio_sum=self.latency_ratio_sum + other.latency_ratio_sum,
+            errors=self.errors + other.errors,
+            timeouts=self.timeouts + other.timeouts,
+            dropped=self.dropped + other.dropped,
+        )
+
+    def minus(self, earlier: ComparisonStats) -> ComparisonStats:
+        return ComparisonStats(
+            compared=self.compared - earlier.compared,
+            kind=self.kind,
+            value_sum=self.value_sum - earlier.value_sum,
+            latency_ratio_sum=self.latency_ratio_sum - earlier.latency_ratio_sum,
+            errors=self.errors - earlier.errors,
+            timeouts=self.timeouts - earlier.timeouts,
+            dropped=self.dropped - earlier.dropped,
+        )
+
+    @property
+    def mean(self) -> float | None:
+        """Mean agreement (label), difference (numeric) or similarity (embedding)."""
+        return self.value_sum / self.compared if self.compared else None
+
+    @property
+    def agreement(self) -> float | None:
+        """Agreement as a share in [0, 1], whatever the kind (numbers: difference < 1e-6)."""
+        mean = self.mean
+        if mean is None:
+            return None
+        if self.kind == "numeric":
+            return 1.0 if mean < 1e-6 else 0.0
+        return mean
+
+    @property
+    def latency_ratio(self) -> float | None:
+        return self.latency_ratio_sum / self.compared if self.compared else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "compared": self.compared,
+            "kind": self.kind,
+            "mean": self.mean,
+            "agreement": self.agreement,
+            "latency_ratio": self.latency_ratio,
+            "errors": self.errors,
+            "timeouts": self.timeouts,
+            "dropped": self.dropped,
+        }
