@@ -35,6 +35,14 @@ TAG_SWITCH = "modellane.last_switch"  # on a version: from which version, why
 TAG_LOAD_ERROR = "modellane.load_error"  # on a version: why it failed to load or validate
 TAG_FAILED_AT = "modellane.failed_at"
 TAG_PREVIOUS_CHAMPION = "modellane.previous_champion"  # on a model: the champion before
+TAG_WEIGHT = "modellane.weight"  # on a challenger version: its traffic weight in percent
+TAG_ROLLOUT = "modellane.rollout"  # on a challenger version: rollout status and step (JSON)
+TAG_ROLLOUT_RESULT = "modellane.rollout_result"  # on a version: promoted / rolled back, why
+TAG_FAILED_GATE = "modellane.failed_gate"  # on a version: the gate and figures that failed
+
+DEFAULT_ROUTING_KEY_HEADER = "X-Routing-Key"
+ROLLOUT_TICK_S = 1.0
+STATS_REPORT_S = 1.0
 
 # Response headers
 HEADER_MODEL_VERSION = "X-Model-Version"

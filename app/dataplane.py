@@ -4,17 +4,32 @@ The HTTP layer (:mod:`app.http`) parses and answers; this module decides and cal
 Model versions sit behind the small :class:`ModelBackend` protocol, so the same
 data plane runs over Ray Serve deployment handles in production and over an
 in-process fake in unit tests.
+
+Besides the answer, each request feeds live figures: requests, errors and latency per
+version (for rollout gates), and, for mirrored requests, the comparison of the shadow's
+(or the champion's, for a challenger under a rollout) answer with the client's. Mirrored
+calls run in the background, bounded in time and number, and never touch the client's
+answer, status or latency.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from app.errors import ModellaneError, from_body
-from app.routing import RoutingTable, Target
+from app.compare import ComparisonStats, compare_outputs
+from app.errors import ModellaneError, ModelNotFound, from_body
+from app.routing import ModelRoutes, RoutingTable, Target
 from app.schemas import ModelList, PredictResponse
+from app.stats import ArmStats
+from app.traffic import choose_target, mirror_to_shadow
+
+logger = logging.getLogger("modellane.dataplane")
 
 
 class ModelBackend(Protocol):
@@ -34,13 +49,25 @@ BackendFactory = Callable[[Target], ModelBackend]
 class DataPlane:
     """Routes predictions; holds the newest routing table it was given."""
 
-    def __init__(self, backend_for: BackendFactory, table: RoutingTable | None = None) -> None:
+    def __init__(
+        self,
+        backend_for: BackendFactory,
+        table: RoutingTable | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self._backend_for = backend_for
         self._backends: dict[str, ModelBackend] = {}
         self._table = table or RoutingTable()
+        self._rng = rng or random.Random()
         self.installed_at: float | None = None
         #: model -> (champion version, when this replica began routing to it)
         self.champion_since: dict[str, tuple[str, float]] = {}
+        #: model -> version -> cumulative request figures of this replica
+        self.arms: dict[str, dict[str, ArmStats]] = defaultdict(dict)
+        #: model -> compared version -> cumulative comparison with the primary's answers
+        self.comparisons: dict[str, dict[str, ComparisonStats]] = defaultdict(dict)
+        self._mirrors_in_flight: dict[str, int] = defaultdict(int)
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def table(self) -> RoutingTable:
@@ -64,23 +91,157 @@ class DataPlane:
             backend = self._backends[target.app_name] = self._backend_for(target)
         return backend
 
-    async def predict(self, model: str, inputs: Any) -> tuple[PredictResponse, Target]:
-        """Predict with the version the table routes ``model`` to.
+    async def predict(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        routing_key: str | None = None,
+        forced_version: str | None = None,
+    ) -> tuple[PredictResponse, Target]:
+        """Predict with the version the table routes this request to.
 
         Raises:
             ModellaneError: unknown model (404), bad input (422), model failure (500),
                 no routable version (503).
         """
-        target = self._table.route(model)
-        answer = await self._backend(target).predict(inputs)
-        if "error" in answer:
-            err = from_body(answer)
-            err.model, err.version = target.model, target.version
-            raise err
-        return (
-            PredictResponse(model=target.model, version=target.version, outputs=answer["outputs"]),
-            target,
+        routes = self._table.models.get(model)
+        if routes is None:
+            raise ModelNotFound(f"model {model!r} is not served here", model=model)
+        target = choose_target(
+            routes, routing_key=routing_key, forced_version=forced_version, rng=self._rng
         )
+        answer, latency_s = await self._call(model, target, inputs)
+        response = PredictResponse(
+            model=target.model, version=target.version, outputs=answer["outputs"]
+        )
+        self._mirror(routes, target, inputs, response.outputs, latency_s)
+        return response, target
+
+    async def _call(self, model: str, target: Target, inputs: Any) -> tuple[dict[str, Any], float]:
+        started = time.perf_counter()
+        error: ModellaneError | None = None
+        answer: dict[str, Any] = {}
+        try:
+            answer = await self._backend(target).predict(inputs)
+            if "error" in answer:
+                error = from_body(answer)
+                error.model, error.version = target.model, target.version
+        except ModellaneError as exc:
+            error = exc
+        latency_s = time.perf_counter() - started
+        self._arm(model, target.version).observe(
+            latency_s, error is not None and error.status >= 500
+        )
+        if error is not None:
+            raise error
+        return answer, latency_s
+
+    def _arm(self, model: str, version: str) -> ArmStats:
+        arm = self.arms[model].get(version)
+        if arm is None:
+            arm = self.arms[model][version] = ArmStats()
+        return arm
+
+    def _comparison(self, model: str, version: str) -> ComparisonStats:
+        stats = self.comparisons[model].get(version)
+        if stats is None:
+            stats = self.comparisons[model][version] = ComparisonStats()
+        return stats
+
+    # -- mirrored calls (shadow; champion for a challenger under a rollout) ----------------
+
+    def _mirror(
+        self,
+        routes: ModelRoutes,
+        served: Target,
+        inputs: Any,
+        outputs: list[Any],
+        latency_s: float,
+    ) -> None:
+        shadow = mirror_to_shadow(routes, self._rng)
+        if shadow is not None and shadow.version != served.version:
+            # judged: the shadow; the reference: what the client got
+            self._spawn_mirror(routes, shadow, shadow.version, inputs, outputs, latency_s, False)
+        champion = routes.champion
+        if (
+            routes.compare_challenger
+            and routes.challenger is not None
+            and served.version == routes.challenger.version
+            and champion is not None
+        ):
+            # judged: the challenger (what the client got); the reference: the champion
+            self._spawn_mirror(routes, champion, served.version, inputs, outputs, latency_s, True)
+
+    def _spawn_mirror(
+        self,
+        routes: ModelRoutes,
+        call: Target,
+        judged_version: str,
+        inputs: Any,
+        served_outputs: list[Any],
+        served_latency_s: float,
+        reference_is_call: bool,
+    ) -> None:
+        stats = self._comparison(routes.name, judged_version)
+        if self._mirrors_in_flight[routes.name] >= routes.shadow_max_in_flight:
+            stats.dropped += 1
+            return
+        self._mirrors_in_flight[routes.name] += 1
+        task = asyncio.get_running_loop().create_task(
+            self._run_mirror(
+                routes, call, stats, inputs, served_outputs, served_latency_s, reference_is_call
+            )
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_mirror(
+        self,
+        routes: ModelRoutes,
+        call: Target,
+        stats: ComparisonStats,
+        inputs: Any,
+        served_outputs: list[Any],
+        served_latency_s: float,
+        reference_is_call: bool,
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            answer = await asyncio.wait_for(
+                self._backend(call).predict(inputs), routes.shadow_timeout_s
+            )
+        except TimeoutError:
+            stats.timeouts += 1
+            return
+        except Exception as exc:  # a mirror's failure is counted, never raised
+            logger.debug("mirrored call to %s failed: %s", call.app_name, exc)
+            stats.errors += 1
+            return
+        finally:
+            self._mirrors_in_flight[routes.name] -= 1
+        if "error" in answer:
+            stats.errors += 1
+            return
+        mirror_latency_s = time.perf_counter() - started
+        if reference_is_call:
+            comparison = compare_outputs(answer["outputs"], served_outputs)
+            ratio = served_latency_s / max(mirror_latency_s, 1e-9)
+        else:
+            comparison = compare_outputs(served_outputs, answer["outputs"])
+            ratio = mirror_latency_s / max(served_latency_s, 1e-9)
+        stats.add(comparison, ratio)
+
+    def snapshot(self) -> dict[str, Any]:
+        """This replica's cumulative figures, for the registry watcher."""
+        return {
+            "arms": {
+                m: {v: a.model_dump() for v, a in arms.items()} for m, arms in self.arms.items()
+            },
+            "comparisons": {
+                m: {v: c.model_dump() for v, c in cs.items()} for m, cs in self.comparisons.items()
+            },
+        }
 
     def models(self) -> ModelList:
         return self._table.summary()
@@ -92,4 +253,4 @@ class DataPlane:
         return self._table.unready()
 
 
-__all__ = ["BackendFactory", "DataPlane", "ModelBackend", "ModellaneError"]
+__all__ = ["BackendFactory", "DataPlane", "ModelBackend"]

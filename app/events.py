@@ -20,6 +20,9 @@ RETIRE = "retire"  # a version application no longer in any role was deleted
 REGISTRY_UNREACHABLE = "registry_unreachable"
 REGISTRY_REACHABLE = "registry_reachable"
 NO_CHAMPION = "no_champion"
+TRAFFIC = "traffic"  # the challenger's weight was set by hand
+ROLLOUT = "rollout"  # a rollout started, advanced, paused or resumed
+PROMOTE = "promote"  # a rollout passed every step: the challenger became champion
 
 
 class Event(BaseModel):

@@ -28,6 +28,8 @@ from app.schemas import (
     PredictRequest,
     PredictResponse,
     RollbackResult,
+    RolloutAction,
+    TrafficRequest,
 )
 
 logger = logging.getLogger("modellane.http")
@@ -57,6 +59,10 @@ class ControlPlane(Protocol):
     async def events(self, model: str | None, since: int, limit: int) -> list[dict[str, Any]]: ...
 
     async def reload(self) -> None: ...
+
+    async def set_traffic(self, name: str, challenger: float) -> dict[str, Any]: ...
+
+    async def rollout_action(self, name: str, action: str) -> dict[str, Any]: ...
 
 
 def _unwrap(answer: dict[str, Any]) -> dict[str, Any]:
@@ -146,6 +152,7 @@ def create_api(
     max_body_bytes: int,
     control: ControlPlane | None = None,
     replica: str = "local",
+    routing_key_header: str = constants.DEFAULT_ROUTING_KEY_HEADER,
 ) -> FastAPI:
     """The gateway's FastAPI app over ``dataplane`` (and ``control`` for /admin)."""
     api = FastAPI(
@@ -193,8 +200,15 @@ def create_api(
         responses=_ERRORS,
         summary="Predict with the version the registry says serves",
     )
-    async def predict(name: str, request: PredictRequest, response: Response) -> PredictResponse:
-        result, target = await dataplane.predict(name, request.inputs)
+    async def predict(
+        name: str, request: PredictRequest, response: Response, http: Request
+    ) -> PredictResponse:
+        result, target = await dataplane.predict(
+            name,
+            request.inputs,
+            routing_key=http.headers.get(routing_key_header),
+            forced_version=http.headers.get(constants.HEADER_MODEL_VERSION),
+        )
         response.headers[constants.HEADER_MODEL_VERSION] = target.version
         response.headers[constants.HEADER_MODEL_ROLE] = target.role
         return result
@@ -247,6 +261,29 @@ def _add_admin_routes(
     )
     async def rollback(name: str) -> dict[str, Any]:
         return _unwrap(await control.rollback(name))
+
+    @api.put(
+        "/admin/models/{name}/traffic",
+        response_model=ModelStatus,
+        responses={
+            404: _ERRORS[404],
+            409: {"model": ErrorResponse, "description": "No challenger"},
+        },
+        summary="Set the challenger's weight by hand (pauses a running rollout)",
+        tags=["admin"],
+    )
+    async def set_traffic(name: str, body: TrafficRequest) -> dict[str, Any]:
+        return _unwrap(await control.set_traffic(name, body.challenger))
+
+    @api.post(
+        "/admin/models/{name}/rollout/{action}",
+        response_model=ModelStatus,
+        responses={404: _ERRORS[404], 409: {"model": ErrorResponse, "description": "No rollout"}},
+        summary="Pause, resume or abort the rollout in progress",
+        tags=["admin"],
+    )
+    async def rollout_action(name: str, action: RolloutAction) -> dict[str, Any]:
+        return _unwrap(await control.rollout_action(name, action.value))
 
     @api.get(
         "/admin/events",

@@ -36,16 +36,22 @@ class ModelState:
 
     name: str
     champion: Target | None = None
+    challenger: Target | None = None
+    shadow: Target | None = None
+    #: Percent of requests to the challenger (from the rollout, or set by hand).
+    weight: float = 0.0
     previous: Target | None = None
     #: app name -> when to delete it (versions out of every role, kept warm for a rollback).
     retire_at: dict[str, float] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)
     deploying: str | None = None
 
+    def serving_apps(self) -> set[str]:
+        """Applications that serve a role now."""
+        return {t.app_name for t in (self.champion, self.challenger, self.shadow) if t is not None}
+
     def is_warm(self, app_name: str) -> bool:
-        return (self.champion is not None and self.champion.app_name == app_name) or (
-            app_name in self.retire_at
-        )
+        return app_name in self.serving_apps() or app_name in self.retire_at
 
 
 @dataclass(frozen=True)
@@ -104,10 +110,46 @@ def switch(state: ModelState, target: Target, now: float, keep_previous_s: float
     return replaced
 
 
+def plan_role(
+    state: ModelState, role: str, desired: Desired | None, deploying: bool, now: float
+) -> Plan:
+    """The next step for a secondary role (challenger or shadow) toward ``desired``."""
+    current: Target | None = getattr(state, role)
+    if desired is None or (current is not None and current.version == desired.version):
+        return Plan()
+    if deploying:
+        return Plan()
+    failure = state.failures.get(desired.version)
+    if failure is not None and now < failure.next_try_at:
+        return Plan()
+    return Plan(deploy=desired.version)
+
+
+def assign_role(
+    state: ModelState, role: str, target: Target | None, now: float, keep_previous_s: float
+) -> Target | None:
+    """Give ``role`` (challenger or shadow) to ``target``, or take it away (None).
+
+    The version it replaces stays warm for ``keep_previous_s`` unless it serves another
+    role. Returns the replaced target, if any.
+    """
+    replaced: Target | None = getattr(state, role)
+    setattr(state, role, target)
+    if target is not None:
+        state.retire_at.pop(target.app_name, None)
+        state.failures.pop(target.version, None)
+    if replaced is not None and replaced.app_name not in state.serving_apps():
+        state.retire_at.setdefault(replaced.app_name, now + keep_previous_s)
+    if role == "challenger" and (target is None or replaced is None or
+                                 replaced.version != target.version):  # fmt: skip
+        state.weight = 0.0
+    return replaced
+
+
 def due_for_retirement(state: ModelState, now: float) -> list[str]:
     """Applications whose keep-warm time is over, and that serve no role."""
-    serving = state.champion.app_name if state.champion else None
-    return sorted(app for app, at in state.retire_at.items() if at <= now and app != serving)
+    serving = state.serving_apps()
+    return sorted(app for app, at in state.retire_at.items() if at <= now and app not in serving)
 
 
 def retired(state: ModelState, app_name: str) -> None:

@@ -42,6 +42,32 @@ def choose_champion(versions: list[RegisteredVersion]) -> Desired | None:
     return None
 
 
+def desired_roles(versions: list[RegisteredVersion]) -> dict[str, Desired]:
+    """Every role's version: ``champion`` (see :func:`choose_champion`); ``challenger``
+    from alias ``challenger``, else the newest version in stage ``Staging``; ``shadow`` from
+    alias ``shadow``. A role held by the champion's own version is left out."""
+    roles: dict[str, Desired] = {}
+    champion = choose_champion(versions)
+    if champion is not None:
+        roles[constants.ROLE_CHAMPION] = champion
+    for role, stage in (
+        (constants.ROLE_CHALLENGER, constants.STAGE_STAGING),
+        (constants.ROLE_SHADOW, None),
+    ):
+        found: Desired | None = None
+        for v in versions:
+            if role in v.aliases:
+                found = Desired(v.version, f"alias:{role}")
+        if found is None and stage is not None:
+            staged = [v for v in versions if v.stage == stage]
+            if staged:
+                newest = max(staged, key=lambda v: int(v.version))
+                found = Desired(newest.version, f"stage:{stage}")
+        if found is not None and (champion is None or found.version != champion.version):
+            roles[role] = found
+    return roles
+
+
 class RegistryClient:
     """Reads registered models and versions from an MLflow tracking server."""
 
@@ -92,12 +118,33 @@ class RegistryClient:
         """Move alias ``champion`` to ``version`` (a promotion or a rollback)."""
         self._client.set_registered_model_alias(name, constants.ROLE_CHAMPION, version)
 
+    def remove_role(self, name: str, role: str, version: str, source: str) -> None:
+        """Take ``role`` away from ``version`` the way it was given: delete the alias, or
+        move the version out of its stage (to ``Archived``)."""
+        if source.startswith("stage:"):
+            self._client.transition_model_version_stage(name, version, "Archived")
+        else:
+            self._client.delete_registered_model_alias(name, role)
+
+    def promote(self, name: str, version: str, champion_source: str | None) -> None:
+        """Make ``version`` the champion the way the champion is chosen now: by alias, or
+        (for users of stages) by stage ``Production``."""
+        if champion_source is not None and champion_source.startswith("stage:"):
+            self._client.transition_model_version_stage(
+                name, version, constants.STAGE_PRODUCTION, archive_existing_versions=True
+            )
+        else:
+            self.set_champion(name, version)
+
     def tag_version(self, name: str, version: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self._client.set_model_version_tag(name, version, key, value)
 
     def tag_model(self, name: str, key: str, value: str) -> None:
         self._client.set_registered_model_tag(name, key, value)
+
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        return dict(self._client.get_model_version(name, version).tags or {})
 
     def model_tag(self, name: str, key: str) -> str | None:
         tags = self._client.get_registered_model(name).tags or {}

@@ -17,10 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.compare import ComparisonStats
 from app.stats import ArmStats
 
-RUNNING, PAUSED, PROMOTED, ROLLED_BACK, ABORTED = (
-    "running", "paused", "promoted", "rolled_back", "aborted",
-)  # fmt: skip
 Status = Literal["running", "paused", "promoted", "rolled_back", "aborted"]
+RUNNING: Status = "running"
+PAUSED: Status = "paused"
+PROMOTED: Status = "promoted"
+ROLLED_BACK: Status = "rolled_back"
+ABORTED: Status = "aborted"
 
 
 class GatePolicy(BaseModel):

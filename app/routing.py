@@ -25,10 +25,20 @@ class Target(BaseModel):
 
 
 class ModelRoutes(BaseModel):
-    """Routes of one model."""
+    """Routes of one model: champion, weighted challenger (canary), mirrored shadow."""
 
     name: str
     champion: Target | None = None
+    challenger: Target | None = None
+    challenger_weight: float = Field(0.0, ge=0, le=100, description="Percent to challenger.")
+    shadow: Target | None = None
+    shadow_fraction: float = Field(0.0, ge=0, le=1, description="Share mirrored to shadow.")
+    shadow_timeout_s: float = Field(2.0, gt=0)
+    shadow_max_in_flight: int = Field(32, ge=1)
+    compare_challenger: bool = Field(
+        False, description="Mirror challenger requests to the champion to measure agreement."
+    )
+    allow_override: bool = Field(False, description="Honour the X-Model-Version header.")
     versions: list[VersionInfo] = Field(default_factory=list)
     problem: str | None = Field(
         None, description="Why no champion is routable, when none is (for /readyz and admins)."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -113,6 +114,11 @@ class ModelStatus(BaseModel):
     failures: list[FailureInfo] = Field(default_factory=list)
     versions: list[VersionInfo] = Field(default_factory=list)
     epoch: int = Field(0, description="Routing table epoch in force at the watcher.")
+    challenger: RoleInfo | None = None
+    shadow: RoleInfo | None = None
+    rollout: dict[str, Any] | None = Field(
+        None, description="The rollout in progress or last finished: step, weight, gates."
+    )
 
 
 class RollbackResult(BaseModel):
@@ -122,3 +128,30 @@ class RollbackResult(BaseModel):
     switched: bool = Field(..., description="Whether the switch happened before the answer.")
     switch_s: float = Field(..., description="Seconds from the call to the switch.")
     status: ModelStatus
+
+
+class TrafficRequest(BaseModel):
+    """Body of ``PUT /admin/models/{name}/traffic``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"challenger": 10}]})
+
+    challenger: float = Field(..., ge=0, le=100, description="Percent of requests to challenger.")
+
+
+class RolloutAction(StrEnum):
+    pause = "pause"
+    resume = "resume"
+    abort = "abort"
+
+
+class RoleInfo(BaseModel):
+    version: str
+    source: str
+    app: str
+    weight: float | None = Field(None, description="Challenger: percent of requests.")
+    fraction: float | None = Field(None, description="Shadow: share of requests mirrored.")
+    comparison: dict[str, Any] | None = Field(
+        None,
+        description="Its answers compared with the primary's: agreement or similarity, "
+        "latency ratio, errors, timeouts, dropped calls.",
+    )

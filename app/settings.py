@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app import constants
+from app.rollout import RolloutPolicy
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -36,6 +37,24 @@ class ModelDeploymentConfig(BaseModel):
     )
     max_ongoing_requests: int = Field(
         default=8, ge=1, description="Requests one replica may hold at once."
+    )
+
+    rollout: RolloutPolicy | None = Field(
+        default=None,
+        description="Progressive rollout of a new challenger; without one, the challenger's "
+        "weight is set by hand (PUT /admin/models/{name}/traffic) and starts at 0.",
+    )
+    shadow_fraction: float = Field(
+        default=1.0, ge=0, le=1, description="Share of requests mirrored to the shadow version."
+    )
+    shadow_timeout_s: float = Field(
+        default=2.0, gt=0, description="A shadow call slower than this is dropped and counted."
+    )
+    shadow_max_in_flight: int = Field(
+        default=32, ge=1, description="Shadow calls in flight per gateway replica; beyond, dropped."
+    )
+    allow_version_override: bool = Field(
+        default=False, description="Honour a request's X-Model-Version header for this model."
     )
 
     @model_validator(mode="after")
@@ -89,6 +108,10 @@ class AppArgs(BaseModel):
         default=constants.DEFAULT_KEEP_PREVIOUS_S,
         ge=0,
         description="How long a replaced version stays deployed (warm) so a rollback is instant.",
+    )
+    routing_key_header: str = Field(
+        default=constants.DEFAULT_ROUTING_KEY_HEADER,
+        description="Request header whose value pins a user to one arm (sticky assignment).",
     )
     deploy_timeout_s: float = Field(
         default=constants.DEFAULT_DEPLOY_TIMEOUT_S,

@@ -40,6 +40,12 @@ class WatcherControl:
     async def reload(self) -> None:
         await self._watcher.reload.remote()
 
+    async def set_traffic(self, name: str, challenger: float) -> dict[str, Any]:
+        return await self._watcher.set_traffic.remote(name, challenger)
+
+    async def rollout_action(self, name: str, action: str) -> dict[str, Any]:
+        return await self._watcher.rollout_action.remote(name, action)
+
 
 @serve.deployment(
     name=constants.GATEWAY_DEPLOYMENT,
@@ -63,7 +69,9 @@ class Gateway:
                 self.dataplane.update_table(RoutingTable.model_validate(table))
         except Exception as exc:  # the watcher may be starting too; follow it from here
             logger.warning("no routing table yet: %s", exc)
-        self._follow_task = asyncio.get_running_loop().create_task(self._follow_table())
+        loop = asyncio.get_running_loop()
+        self._follow_task = loop.create_task(self._follow_table())
+        self._report_task = loop.create_task(self._report_stats())
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(
@@ -71,6 +79,7 @@ class Gateway:
             max_body_bytes=self._args.max_body_bytes,
             control=WatcherControl(self._watcher),
             replica=self._replica,
+            routing_key_header=self._args.routing_key_header,
         )
 
     async def _follow_table(self) -> None:
@@ -88,3 +97,12 @@ class Gateway:
                 continue
             if self.dataplane.update_table(RoutingTable.model_validate(table)):
                 logger.info("routing table epoch %d in force", self.dataplane.table.epoch)
+
+    async def _report_stats(self) -> None:
+        """Send this replica's live figures to the watcher, which judges rollouts on them."""
+        while True:
+            await asyncio.sleep(constants.STATS_REPORT_S)
+            try:
+                await self._watcher.report.remote(self._replica, self.dataplane.snapshot())
+            except Exception as exc:  # the watcher may be restarting; figures are cumulative
+                logger.debug("stats report failed: %s", exc)

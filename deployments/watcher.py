@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -34,21 +35,33 @@ from ray.serve.schema import ApplicationStatus
 
 from app import constants
 from app import events as ev
+from app import rollout as rollout_mod
+from app.compare import ComparisonStats
 from app.errors import Conflict, ModellaneError, ModelNotFound
 from app.events import EventLog
 from app.reconcile import (
     ModelState,
+    assign_role,
     due_for_retirement,
     plan_model,
+    plan_role,
     record_failure,
     retired,
     switch,
     version_of_app,
 )
-from app.registry import Desired, RegisteredVersion, RegistryClient, choose_champion
+from app.registry import Desired, RegisteredVersion, RegistryClient, desired_roles
 from app.routing import ModelRoutes, RoutingTable, Target
-from app.schemas import FailureInfo, ModelStatus, ReplicaHealth, RollbackResult, VersionInfo
+from app.schemas import (
+    FailureInfo,
+    ModelStatus,
+    ReplicaHealth,
+    RoleInfo,
+    RollbackResult,
+    VersionInfo,
+)
 from app.settings import AppArgs, ModelDeploymentConfig
+from app.stats import ArmStats
 from deployments.model_server import ModelServer
 
 logger = logging.getLogger("ray.serve")
@@ -76,7 +89,12 @@ class RegistryWatcher:
         self._desired: dict[str, Desired | None] = {}
         self._registry_ok = True
         self._no_champion: set[str] = set()
-        self._deploys: dict[str, asyncio.Task[None]] = {}
+        self._deploys: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._deploying: dict[tuple[str, str], Desired] = {}
+        self._desired_roles: dict[str, dict[str, Desired]] = {}
+        self._rollouts: dict[str, rollout_mod.Rollout] = {}
+        #: gateway replica -> its latest cumulative figures
+        self._reports: dict[str, dict[str, Any]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._switched = asyncio.Condition()
         # Epochs are milliseconds, so a restarted watcher's tables outrank its predecessor's.
@@ -84,7 +102,9 @@ class RegistryWatcher:
         self._rebuilt = asyncio.Event()
         self._published = asyncio.Event()
         self._wake = asyncio.Event()
-        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._loop_task = loop.create_task(self._run())
+        self._rollout_task = loop.create_task(self._run_rollouts())
 
     # -- what gateways and admins call -------------------------------------------------
 
@@ -125,6 +145,22 @@ class RegistryWatcher:
         """Move ``champion`` back to the previous champion in MLflow, then follow it."""
         try:
             return (await self._rollback(name)).model_dump()
+        except ModellaneError as exc:
+            return exc.body()
+
+    def report(self, replica: str, snapshot: dict[str, Any]) -> None:
+        """A gateway replica's cumulative request and comparison figures."""
+        self._reports[replica] = snapshot
+
+    async def set_traffic(self, name: str, challenger: float) -> dict[str, Any]:
+        try:
+            return (await self._set_traffic(name, challenger)).model_dump()
+        except ModellaneError as exc:
+            return exc.body()
+
+    async def rollout_action(self, name: str, action: str) -> dict[str, Any]:
+        try:
+            return (await self._rollout_action(name, action)).model_dump()
         except ModellaneError as exc:
             return exc.body()
 
@@ -173,6 +209,236 @@ class RegistryWatcher:
             ],
             versions=self._versions.get(name, []),
             epoch=self._table.epoch,
+            challenger=self._role_info(name, state.challenger, weight=state.weight),
+            shadow=self._role_info(
+                name, state.shadow, fraction=self._args.models[name].shadow_fraction
+            ),
+            rollout=self._rollout_info(name),
+        )
+
+    def _role_info(
+        self,
+        name: str,
+        target: Target | None,
+        weight: float | None = None,
+        fraction: float | None = None,
+    ) -> RoleInfo | None:
+        if target is None:
+            return None
+        comparison = self._agreement_total(name, target.version)
+        return RoleInfo(
+            version=target.version,
+            source=target.source,
+            app=target.app_name,
+            weight=weight,
+            fraction=fraction,
+            comparison=comparison.summary()
+            if comparison.compared or comparison.errors or comparison.timeouts or comparison.dropped
+            else None,
+        )
+
+    def _rollout_info(self, name: str) -> dict[str, Any] | None:
+        rollout = self._rollouts.get(name)
+        policy = self._args.models[name].rollout
+        if rollout is None or policy is None:
+            return None
+        return {
+            "version": rollout.version,
+            "status": rollout.status,
+            "step": rollout.step,
+            "steps": policy.steps,
+            "weight": rollout.weight(policy),
+            "step_started_at": rollout.step_started_at,
+            "started_at": rollout.started_at,
+            "gates": [g.model_dump() for g in rollout.gates],
+            "reason": rollout.reason,
+        }
+
+    # -- traffic and rollouts -------------------------------------------------------------
+
+    def _arm_total(self, name: str, version: str) -> ArmStats:
+        total = ArmStats()
+        for report in self._reports.values():
+            arm = report.get("arms", {}).get(name, {}).get(version)
+            if arm is not None:
+                total = total.merge(ArmStats.model_validate(arm))
+        return total
+
+    def _agreement_total(self, name: str, version: str) -> ComparisonStats:
+        total = ComparisonStats()
+        for report in self._reports.values():
+            stats = report.get("comparisons", {}).get(name, {}).get(version)
+            if stats is not None:
+                total = total.merge(ComparisonStats.model_validate(stats))
+        return total
+
+    async def _set_traffic(self, name: str, weight: float) -> ModelStatus:
+        state = self._state(name)
+        if state.challenger is None:
+            raise Conflict(f"model {name!r} has no challenger to send traffic to", model=name)
+        rollout = self._rollouts.get(name)
+        if rollout is not None and rollout.status == rollout_mod.RUNNING:
+            self._rollouts[name] = rollout.model_copy(update={"status": rollout_mod.PAUSED})
+            self._events.add(
+                ev.ROLLOUT, name, rollout.version, "rollout paused: weight set by hand"
+            )
+        state.weight = weight
+        self._events.add(
+            ev.TRAFFIC, name, state.challenger.version, f"challenger weight set to {weight:g}%"
+        )
+        self._publish()
+        await self._tag_quietly(
+            name, state.challenger.version, {constants.TAG_WEIGHT: f"{weight:g}"}
+        )
+        await self._save_rollout(name)
+        return await self._status(name)
+
+    async def _rollout_action(self, name: str, action: str) -> ModelStatus:
+        state = self._state(name)
+        rollout = self._rollouts.get(name)
+        policy = self._args.models[name].rollout
+        if rollout is None or policy is None or rollout.status not in (
+            rollout_mod.RUNNING, rollout_mod.PAUSED
+        ):  # fmt: skip
+            raise Conflict(f"model {name!r} has no rollout in progress", model=name)
+        if action == "pause":
+            self._rollouts[name] = rollout.model_copy(update={"status": rollout_mod.PAUSED})
+        elif action == "resume":
+            self._rollouts[name] = rollout_mod.advance(
+                rollout.model_copy(update={"status": rollout_mod.RUNNING}),
+                time.time(),
+                self._arm_total(name, state.champion.version if state.champion else ""),
+                self._arm_total(name, rollout.version),
+                self._agreement_total(name, rollout.version),
+                rollout.gates,
+            ).model_copy(update={"step": rollout.step})
+            state.weight = self._rollouts[name].weight(policy)
+            self._publish()
+        elif action == "abort":
+            await self._roll_back(name, rollout, "aborted by an operator", [], rollout_mod.ABORTED)
+            return await self._status(name)
+        else:
+            raise Conflict(f"unknown rollout action {action!r}", model=name)
+        self._events.add(ev.ROLLOUT, name, rollout.version, f"rollout {action}d")
+        await self._save_rollout(name)
+        return await self._status(name)
+
+    async def _run_rollouts(self) -> None:
+        while True:
+            await asyncio.sleep(constants.ROLLOUT_TICK_S)
+            for name in list(self._rollouts):
+                try:
+                    await self._tick_rollout(name)
+                except Exception:
+                    logger.exception("rollout tick of %s failed", name)
+
+    async def _tick_rollout(self, name: str) -> None:
+        rollout = self._rollouts[name]
+        policy = self._args.models[name].rollout
+        state = self._states[name]
+        if policy is None or rollout.status != rollout_mod.RUNNING or state.challenger is None:
+            return
+        if state.challenger.version != rollout.version or state.champion is None:
+            return
+        champion = self._arm_total(name, state.champion.version)
+        challenger = self._arm_total(name, rollout.version)
+        agreement = self._agreement_total(name, rollout.version)
+        decision = rollout_mod.evaluate(
+            rollout, policy, champion, challenger, agreement, time.time()
+        )
+        if decision.action == "advance":
+            self._rollouts[name] = rollout_mod.advance(
+                rollout, time.time(), champion, challenger, agreement, decision.gates
+            )
+            state.weight = self._rollouts[name].weight(policy)
+            self._events.add(
+                ev.ROLLOUT, name, rollout.version,
+                f"step {rollout.step} passed ({_gate_text(decision.gates)}); "
+                f"weight now {state.weight:g}%",
+            )  # fmt: skip
+            self._publish()
+            await self._save_rollout(name)
+        elif decision.action == "promote":
+            await self._promote(name, rollout, decision)
+        elif decision.action == "rollback":
+            await self._roll_back(name, rollout, decision.reason, decision.gates)
+
+    async def _promote(
+        self, name: str, rollout: rollout_mod.Rollout, decision: rollout_mod.Decision
+    ) -> None:
+        state = self._states[name]
+        assert state.challenger is not None
+        challenger = state.challenger
+        champion_source = state.champion.source if state.champion else None
+        self._rollouts[name] = rollout_mod.finish(
+            rollout, rollout_mod.PROMOTED, decision.reason, decision.gates
+        )
+        message = f"promoted v{rollout.version}: {decision.reason} ({_gate_text(decision.gates)})"
+        self._events.add(ev.PROMOTE, name, rollout.version, message)
+        try:
+            await asyncio.to_thread(self._registry.promote, name, rollout.version, champion_source)
+            if challenger.source.startswith("alias:"):
+                await asyncio.to_thread(
+                    self._registry.remove_role,
+                    name, constants.ROLE_CHALLENGER, rollout.version, challenger.source,
+                )  # fmt: skip
+        except Exception as exc:
+            logger.error("could not promote %s v%s in MLflow: %s", name, rollout.version, exc)
+            self._events.add(ev.FAILURE, name, rollout.version, f"promotion not written: {exc}")
+        await self._tag_quietly(
+            name, rollout.version, {constants.TAG_ROLLOUT_RESULT: message[:5000]}
+        )
+        await self._save_rollout(name)
+        self._wake.set()
+
+    async def _roll_back(
+        self,
+        name: str,
+        rollout: rollout_mod.Rollout,
+        reason: str,
+        gates: list[rollout_mod.GateResult],
+        status: rollout_mod.Status = rollout_mod.ROLLED_BACK,
+    ) -> None:
+        state = self._states[name]
+        state.weight = 0.0  # at once, before anything is written anywhere
+        self._rollouts[name] = rollout_mod.finish(rollout, status, reason, gates)
+        self._publish()
+        failed = [g for g in gates if not g.passed]
+        message = f"rolled back v{rollout.version}: {reason}"
+        self._events.add(ev.ROLLBACK, name, rollout.version, message)
+        tags = {
+            constants.TAG_ROLLOUT_RESULT: message[:5000],
+            constants.TAG_WEIGHT: "0",
+        }
+        if failed:
+            tags[constants.TAG_FAILED_GATE] = json.dumps(
+                [g.model_dump() for g in failed], default=str
+            )[:5000]
+        await self._tag_quietly(name, rollout.version, tags)
+        await self._save_rollout(name)
+        if state.challenger is not None:
+            try:
+                await asyncio.to_thread(
+                    self._registry.remove_role,
+                    name, constants.ROLE_CHALLENGER, rollout.version, state.challenger.source,
+                )  # fmt: skip
+            except Exception as exc:
+                logger.error("could not remove challenger of %s: %s", name, exc)
+        self._wake.set()
+
+    async def _save_rollout(self, name: str) -> None:
+        rollout = self._rollouts.get(name)
+        if rollout is None:
+            return
+        policy = self._args.models[name].rollout
+        weight = rollout.weight(policy) if policy else self._states[name].weight
+        if rollout.status == rollout_mod.PAUSED:
+            weight = self._states[name].weight
+        saved = {"status": rollout.status, "step": rollout.step, "weight": weight}
+        await self._tag_quietly(
+            name,
+            rollout.version,
+            {constants.TAG_ROLLOUT: json.dumps(saved), constants.TAG_WEIGHT: f"{weight:g}"},
         )
 
     async def _rollback(self, name: str) -> RollbackResult:
@@ -267,7 +533,9 @@ class RegistryWatcher:
     ) -> None:
         state = self._states[name]
         now = time.time()
-        desired = self._desired[name] = choose_champion(versions)
+        roles = desired_roles(versions)
+        desired = self._desired[name] = roles.get(constants.ROLE_CHAMPION)
+        self._desired_roles[name] = roles
         self._note_champion(name, desired, state)
         if first:
             await self._adopt_running(name, versions, desired)
@@ -277,17 +545,19 @@ class RegistryWatcher:
             app_name = constants.version_app_name(name, plan.deploy)
             if self._statuses.get(app_name) == ApplicationStatus.RUNNING:
                 self._switch(name, desired)  # still warm: the switch is instant
-            elif name not in self._deploys:
-                self._deploys[name] = asyncio.get_running_loop().create_task(
-                    self._deploy(name, desired)
-                )
+            elif (name, constants.ROLE_CHAMPION) not in self._deploys:
+                self._start_deploy(name, constants.ROLE_CHAMPION, desired)
         self._problems[name] = plan_model(state, desired, now).problem
 
+        for role in (constants.ROLE_CHALLENGER, constants.ROLE_SHADOW):
+            await self._reconcile_role(name, role, roles.get(role), now)
+
         # Versions in no role: keep warm for keep_previous_s, then delete.
+        deploying = {d.version for (m, _), d in self._deploying.items() if m == name}
         for app_name in self._statuses:
             version = version_of_app(name, app_name)
-            serving = state.champion is not None and state.champion.app_name == app_name
-            if version and not serving and version != state.deploying:
+            serving = app_name in state.serving_apps()
+            if version and not serving and version not in deploying:
                 state.retire_at.setdefault(app_name, now + self._args.keep_previous_s)
         for app_name in due_for_retirement(state, now):
             if app_name in self._statuses:
@@ -297,16 +567,41 @@ class RegistryWatcher:
                 )
             retired(state, app_name)
 
-        serving_version = state.champion.version if state.champion else None
+        role_of = {
+            t.version: t.role
+            for t in (state.shadow, state.challenger, state.champion)
+            if t is not None
+        }
         self._versions[name] = [
             VersionInfo(
                 version=v.version,
                 aliases=list(v.aliases),
                 stage=v.stage,
-                role=constants.ROLE_CHAMPION if v.version == serving_version else None,
+                role=role_of.get(v.version),
             )
             for v in versions
         ]
+
+    async def _reconcile_role(
+        self, name: str, role: str, desired: Desired | None, now: float
+    ) -> None:
+        """Challenger or shadow: deploy, assign, or take the role away."""
+        state = self._states[name]
+        current: Target | None = getattr(state, role)
+        if desired is None:
+            if current is not None:
+                self._assign(name, role, None)
+            return
+        plan = plan_role(state, role, desired, (name, role) in self._deploys, now)
+        if plan.deploy is None:
+            if current is not None and current.source != desired.source:
+                setattr(state, role, current.model_copy(update={"source": desired.source}))
+            return
+        app_name = constants.version_app_name(name, desired.version)
+        if self._statuses.get(app_name) == ApplicationStatus.RUNNING:
+            await self._assign_loaded(name, role, desired)
+        else:
+            self._start_deploy(name, role, desired)
 
     def _note_champion(self, name: str, desired: Desired | None, state: ModelState) -> None:
         if desired is None and name not in self._no_champion:
@@ -351,12 +646,19 @@ class RegistryWatcher:
                 loaded_at=time.time(),
             )
 
-    async def _deploy(self, name: str, desired: Desired) -> None:
+    def _start_deploy(self, name: str, role: str, desired: Desired) -> None:
+        self._deploying[(name, role)] = desired
+        self._deploys[(name, role)] = asyncio.get_running_loop().create_task(
+            self._deploy(name, role, desired)
+        )
+
+    async def _deploy(self, name: str, role: str, desired: Desired) -> None:
         state = self._states[name]
-        state.deploying = desired.version
+        if role == constants.ROLE_CHAMPION:
+            state.deploying = desired.version
         app_name = constants.version_app_name(name, desired.version)
         self._events.add(
-            ev.DEPLOY, name, desired.version, f"deploying {app_name} ({desired.source})"
+            ev.DEPLOY, name, desired.version, f"deploying {app_name} as {role} ({desired.source})"
         )
         started = time.monotonic()
         try:
@@ -386,15 +688,90 @@ class RegistryWatcher:
                 await asyncio.to_thread(serve.delete, app_name)
         else:
             logger.info("%s healthy after %.1fs", app_name, time.monotonic() - started)
-            now_desired = self._desired.get(name)
+            now_desired = self._desired_roles.get(name, {}).get(role)
             if now_desired is not None and now_desired.version == desired.version:
-                self._switch(name, desired)
+                if role == constants.ROLE_CHAMPION:
+                    self._switch(name, desired)
+                else:
+                    await self._assign_loaded(name, role, desired)
             else:  # the registry moved on while this version loaded: never route to it
                 state.retire_at.setdefault(app_name, time.time() + self._args.keep_previous_s)
         finally:
-            state.deploying = None
-            self._deploys.pop(name, None)
+            if role == constants.ROLE_CHAMPION:
+                state.deploying = None
+            self._deploys.pop((name, role), None)
+            self._deploying.pop((name, role), None)
             self._wake.set()
+
+    async def _assign_loaded(self, name: str, role: str, desired: Desired) -> None:
+        """Give ``role`` to a loaded, healthy version; a challenger gets its weight (from
+        its rollout, or the weight tag set by hand) and, with a policy, a rollout."""
+        state = self._states[name]
+        target = Target(
+            model=name,
+            version=desired.version,
+            role=role,
+            app_name=constants.version_app_name(name, desired.version),
+            source=desired.source,
+            loaded_at=time.time(),
+        )
+        self._assign(name, role, target)
+        if role != constants.ROLE_CHALLENGER:
+            return
+        tags: dict[str, str] = {}
+        with contextlib.suppress(Exception):
+            tags = await asyncio.to_thread(self._registry.version_tags, name, desired.version)
+        policy = self._args.models[name].rollout
+        if policy is None:
+            with contextlib.suppress(ValueError, KeyError):
+                state.weight = min(100.0, max(0.0, float(tags[constants.TAG_WEIGHT])))
+            self._publish()
+            return
+        saved = _load_json(tags.get(constants.TAG_ROLLOUT))
+        step = 0
+        if saved.get("status") in (rollout_mod.RUNNING, rollout_mod.PAUSED):
+            step = min(int(saved.get("step", 0)), len(policy.steps) - 1)
+        rollout = rollout_mod.start(
+            desired.version,
+            time.time(),
+            self._arm_total(name, state.champion.version if state.champion else ""),
+            self._arm_total(name, desired.version),
+            self._agreement_total(name, desired.version),
+            step=step,
+        )
+        if saved.get("status") == rollout_mod.PAUSED:
+            rollout = rollout.model_copy(update={"status": rollout_mod.PAUSED})
+        self._rollouts[name] = rollout
+        state.weight = rollout.weight(policy)
+        resumed = saved.get("status") in (rollout_mod.RUNNING, rollout_mod.PAUSED)
+        verb = "resumed" if resumed else "started"
+        self._events.add(
+            ev.ROLLOUT, name, desired.version,
+            f"rollout {verb} at step {step}: weight {state.weight:g}% (steps {policy.steps})",
+        )  # fmt: skip
+        self._publish()
+        await self._save_rollout(name)
+
+    def _assign(self, name: str, role: str, target: Target | None) -> None:
+        state = self._states[name]
+        replaced = assign_role(state, role, target, time.time(), self._args.keep_previous_s)
+        if target is not None:
+            self._events.add(
+                ev.SWITCH, name, target.version,
+                f"{role}: v{replaced.version if replaced else None} -> v{target.version} "
+                f"({target.source})",
+            )  # fmt: skip
+        elif replaced is not None:
+            self._events.add(ev.SWITCH, name, replaced.version, f"{role} role removed")
+            if role == constants.ROLE_CHALLENGER:
+                rollout = self._rollouts.get(name)
+                if rollout is not None and rollout.status in (
+                    rollout_mod.RUNNING, rollout_mod.PAUSED
+                ):  # fmt: skip
+                    self._rollouts[name] = rollout_mod.finish(
+                        rollout, rollout_mod.ABORTED, "challenger role removed", rollout.gates
+                    )
+        self._publish()
 
     def _switch(self, name: str, desired: Desired, adopted: bool = False) -> None:
         state = self._states[name]
@@ -455,15 +832,24 @@ class RegistryWatcher:
             logger.warning("could not tag %s v%s: %s", name, version, exc)
 
     def _publish(self) -> None:
-        models = {
-            name: ModelRoutes(
+        models = {}
+        for name, state in self._states.items():
+            config = self._args.models[name]
+            policy = config.rollout
+            models[name] = ModelRoutes(
                 name=name,
                 champion=state.champion,
+                challenger=state.challenger,
+                challenger_weight=state.weight if state.challenger else 0.0,
+                shadow=state.shadow,
+                shadow_fraction=config.shadow_fraction if state.shadow else 0.0,
+                shadow_timeout_s=config.shadow_timeout_s,
+                shadow_max_in_flight=config.shadow_max_in_flight,
+                compare_challenger=bool(policy and policy.gates.min_agreement is not None),
+                allow_override=config.allow_version_override,
                 versions=self._versions.get(name, []),
                 problem=self._problems.get(name),
             )
-            for name, state in self._states.items()
-        }
         if models == self._table.models:
             return
         epoch = max(self._table.epoch + 1, int(time.time() * 1000))
@@ -523,6 +909,22 @@ def _failure_reason(app_name: str, exc: BaseException) -> str:
         if found:
             return found[-1][:500]
     return (str(exc) or type(exc).__name__)[:500]
+
+
+def _load_json(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _gate_text(gates: list[rollout_mod.GateResult]) -> str:
+    return ", ".join(
+        f"{g.name} {'ok' if g.passed else 'FAILED'}"
+        + (f" {g.value:.3g}<={g.limit:.3g}" if g.value is not None and g.limit is not None else "")
+        for g in gates
+    )
 
 
 def _iso(ts: float) -> str:
