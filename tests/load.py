@@ -48,14 +48,15 @@ class Load:
     def __init__(
         self,
         url: str,
-        body: dict[str, Any],
+        body: dict[str, Any] | list[dict[str, Any]],
         *,
         concurrency: int = 8,
         min_requests: int = 0,
         until: Callable[[], bool] = lambda: True,
         max_s: float = 120.0,
     ) -> None:
-        self.url, self.body, self.concurrency = url, body, concurrency
+        self.url, self.concurrency = url, concurrency
+        self.bodies = body if isinstance(body, list) else [body]
         self.min_requests, self.until, self.max_s = min_requests, until, max_s
         self.result = LoadResult()
         self._stop = threading.Event()
@@ -67,6 +68,11 @@ class Load:
 
     def __exit__(self, *exc: object) -> None:
         self.wait()
+
+    def run(self) -> LoadResult:
+        """Start, and wait until the load is over."""
+        self._thread.start()
+        return self.wait()
 
     def done(self) -> int:
         return len(self.result.samples)
@@ -86,11 +92,14 @@ class Load:
         limits = httpx.Limits(max_connections=self.concurrency)
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
 
-            async def worker() -> None:
+            async def worker(offset: int) -> None:
+                sent = offset
                 while not self._finished(deadline):
+                    body = self.bodies[sent % len(self.bodies)]
+                    sent += 1
                     started = time.time()
                     try:
-                        answer = await client.post(self.url, json=self.body)
+                        answer = await client.post(self.url, json=body)
                         sample = Sample(
                             started, time.time(), answer.status_code,
                             answer.headers.get("X-Model-Version"),
@@ -100,4 +109,4 @@ class Load:
                         sample = Sample(started, time.time(), 0, None, repr(exc))
                     self.result.samples.append(sample)
 
-            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+            await asyncio.gather(*(worker(i) for i in range(self.concurrency)))

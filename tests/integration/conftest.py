@@ -31,7 +31,20 @@ pytestmark = pytest.mark.integration
 MODELS_DIR = Path(__file__).parent / "models"
 IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 #: Models the test gateway serves besides the demo ones, with small replicas.
-TEST_MODELS = ("failing", "stageonly", "swapper", "broken")
+TEST_MODELS = ("failing", "stageonly", "swapper", "broken", "abtest", "shadowed", "canary")
+#: Per-model settings of the test stack beyond the replica defaults.
+TEST_MODEL_SETTINGS: dict[str, dict[str, Any]] = {
+    "abtest": {"allow_version_override": True},
+    "shadowed": {"shadow_fraction": 1.0, "shadow_timeout_s": 1.0, "shadow_max_in_flight": 4},
+    "canary": {
+        "rollout": {
+            "steps": [20, 50, 100],
+            "step_interval_s": 3,
+            "min_requests": 40,
+            "gates": {"max_error_rate_margin": 0.02, "max_p95_factor": 4.0, "min_agreement": 0.9},
+        }
+    },
+}
 
 
 def _free_port() -> int:
@@ -160,6 +173,36 @@ def _register_test_models(uri: str) -> None:
             )
     client.set_registered_model_alias("broken", "champion", "1")
 
+    # Traffic policies: abtest (v1 strong, v2 weak iris), shadowed (v1 good; v2 raises,
+    # v3 sleeps 5 s), canary (v1, v2 the same good iris; v3 errors on a share of inputs).
+    def copy(name: str, source: Any) -> None:
+        client.create_model_version(name, source=f"models:/{source.name}/{source.version}",
+                                    run_id=source.run_id)  # fmt: skip
+
+    def misbehaving(name: str, mode: str) -> None:
+        with mlflow.start_run(run_name=f"{name}-{mode}"):
+            mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(MODELS_DIR / "misbehaving.py"),
+                model_config={"mode": mode},
+                input_example=example,
+                registered_model_name=name,
+                pip_requirements=["mlflow", "pandas"],
+            )
+
+    for name in ("abtest", "shadowed", "canary"):
+        client.create_registered_model(name)
+    copy("abtest", iris)
+    copy("abtest", weak)
+    copy("shadowed", iris)
+    misbehaving("shadowed", "raise")
+    misbehaving("shadowed", "sleep")
+    copy("canary", iris)
+    copy("canary", iris)
+    misbehaving("canary", "errors_on_share")
+    for name in ("abtest", "shadowed", "canary"):
+        client.set_registered_model_alias(name, "champion", "1")
+
 
 @pytest.fixture(scope="session")
 def serve_http() -> Iterator[str]:
@@ -188,7 +231,11 @@ def control_config(tracking_uri: str, http_port: int, **changes: Any) -> dict[st
     args["poll_interval_s"] = 2
     args["keep_previous_s"] = 30
     for name in TEST_MODELS:
-        args["models"][name] = {"num_replicas": 1, "num_cpus": 0.1}
+        args["models"][name] = {
+            "num_replicas": 1,
+            "num_cpus": 0.1,
+            **TEST_MODEL_SETTINGS.get(name, {}),
+        }
     args.update(changes)
     for deployment in control["deployments"]:
         if deployment["name"] == "Gateway":
@@ -220,5 +267,11 @@ def gateway(serve_http: str, registry: str) -> str:
 
 @pytest.fixture()
 def client(gateway: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def client_module(gateway: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway, timeout=60) as c:
         yield c

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 from ray import serve
 
+from tests.integration.conftest import TEST_MODELS
+
 pytestmark = pytest.mark.integration
 
 IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -89,15 +91,7 @@ def test_health_readiness_and_docs(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "detail": {}}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert set(ready.json()["detail"]) == {
-        "iris",
-        "minilm",
-        "sentiment",
-        "failing",
-        "stageonly",
-        "swapper",
-        "broken",
-    }
+    assert set(ready.json()["detail"]) == {"iris", "minilm", "sentiment", *TEST_MODELS}
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     predict = spec["paths"]["/v1/models/{name}/predict"]["post"]

@@ -152,6 +152,7 @@ def test_empty_stats_have_no_figures() -> None:
         "errors": 0,
         "timeouts": 0,
         "dropped": 0,
+        "mismatched": 0,
     }
 
 
@@ -256,3 +257,27 @@ def test_summary_reports_the_figures() -> None:
 def test_stats_round_trip_through_json() -> None:
     stats = sample_stats(8, 5, errors=1, timeouts=1, dropped=1)
     assert ComparisonStats.model_validate_json(stats.model_dump_json()) == stats
+
+
+# --- known bug: a "mismatch" comparison corrupts the running figures ------------------------
+# ComparisonStats.add() sets ``kind`` to "mismatch" and adds 0.0 to ``value_sum``. For numeric
+# outputs 0.0 means "no difference", and once the last comparison was a mismatch ``agreement``
+# returns the mean absolute difference as if it were a share (it can exceed 1).
+
+
+def test_a_mismatch_does_not_turn_numeric_differences_into_agreement() -> None:
+    stats = ComparisonStats()
+    stats.add(compare_outputs([0.0, 0.0], [5.0, 5.0]), latency_ratio=1.0)  # numeric, diff 5
+    assert stats.agreement == 0.0
+    stats.add(compare_outputs([0.0, 0.0], [5.0]), latency_ratio=1.0)  # length mismatch
+    agreement = stats.agreement
+    assert agreement is not None
+    assert 0.0 <= agreement < 0.5  # today: kind "mismatch", agreement 2.5
+
+
+def test_a_mismatch_is_not_perfect_numeric_agreement() -> None:
+    stats = ComparisonStats()
+    stats.add(compare_outputs([1.0], [1.0]), latency_ratio=1.0)
+    stats.add(compare_outputs([1.0, 2.0], [1.0]), latency_ratio=1.0)  # length mismatch
+    stats.add(compare_outputs([1.0], [1.0]), latency_ratio=1.0)
+    assert stats.agreement != 1.0  # today: 1.0, the mismatch is invisible

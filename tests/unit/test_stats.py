@@ -149,6 +149,7 @@ def test_quantile_in_the_open_bucket_is_inf() -> None:
 
 
 def test_quantile_skips_empty_buckets() -> None:
+    assert filled([2.0] * 10).quantile_s(0.0) == 2.5  # the lowest non-empty bucket
     stats = filled([0.004] * 50 + [2.0] * 50)
     assert stats.quantile_s(0.5) == 0.005
     assert stats.quantile_s(0.51) == 2.5

@@ -1,0 +1,219 @@
+"""Traffic policies on real Ray Serve and MLflow: weighted and sticky canary, version
+override, shadow traffic that never touches the client, and progressive rollouts promoted
+or rolled back on live gates, with the outcome written back into the registry."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from tests.helpers import wait_for
+from tests.load import Load
+
+pytestmark = pytest.mark.integration
+
+LOW = {
+    "inputs": [{"sepal_length": 5.0, "sepal_width": 3.4, "petal_length": 1.5, "petal_width": 0.2}]
+}
+HIGH = {
+    "inputs": [{"sepal_length": 6.3, "sepal_width": 2.9, "petal_length": 5.6, "petal_width": 1.8}]
+}
+
+
+def _status(client: httpx.Client, model: str) -> dict[str, Any]:
+    answer = client.get(f"/admin/models/{model}")
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def _within_3_sd(share: float, p: float, n: int) -> bool:
+    return abs(share - p) <= 3 * math.sqrt(p * (1 - p) / n)
+
+
+@pytest.fixture(scope="module")
+def abtest(client_module: httpx.Client, registry: str) -> httpx.Client:
+    """abtest with challenger v2 at 30 percent, set by hand."""
+    MlflowClient(registry).set_registered_model_alias("abtest", "challenger", "2")
+    client_module.post("/admin/reload")
+    wait_for(lambda: _status(client_module, "abtest")["challenger"], 180, "challenger loaded")
+    answer = client_module.put("/admin/models/abtest/traffic", json={"challenger": 30})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["challenger"]["weight"] == 30
+    tags = MlflowClient(registry).get_model_version("abtest", "2").tags
+    assert tags["modellane.weight"] == "30"  # the weight lives in the registry
+    return client_module
+
+
+def test_weighted_split_without_key_matches_the_weight(abtest: httpx.Client, gateway: str):
+    load = Load(f"{gateway}/v1/models/abtest/predict", LOW, concurrency=8, min_requests=2000)
+    result = load.run()
+    assert not result.failed
+    versions = result.versions()
+    n = sum(versions.values())
+    assert set(versions) == {"1", "2"}
+    share = versions["2"] / n
+    assert _within_3_sd(share, 0.30, n), f"challenger share {share:.3f} over {n}"
+    print(f"\nsplit: challenger {share:.3f} of {n} requests at weight 0.30")
+
+
+def test_sticky_key_keeps_one_arm_and_keys_spread_by_weight(abtest: httpx.Client):
+    arms: dict[str, set[str]] = {}
+    for i in range(300):
+        key = f"user-{i}"
+        for _ in range(2):
+            answer = abtest.post(
+                "/v1/models/abtest/predict", json=LOW, headers={"X-Routing-Key": key}
+            )
+            assert answer.status_code == 200
+            arms.setdefault(key, set()).add(answer.headers["X-Model-Version"])
+            assert answer.headers["X-Model-Role"] in {"champion", "challenger"}
+    assert all(len(v) == 1 for v in arms.values()), "a key changed arms"
+    share = sum(v == {"2"} for v in arms.values()) / len(arms)
+    assert _within_3_sd(share, 0.30, len(arms)), f"key share {share:.3f}"
+
+
+def test_forced_version_header_where_allowed(abtest: httpx.Client):
+    for version, role in (("1", "champion"), ("2", "challenger")):
+        answer = abtest.post(
+            "/v1/models/abtest/predict", json=LOW, headers={"X-Model-Version": version}
+        )
+        assert answer.headers["X-Model-Version"] == version
+        assert answer.headers["X-Model-Role"] == role
+    # iris does not allow overrides: the header is ignored
+    answer = abtest.post("/v1/models/iris/predict", json=LOW, headers={"X-Model-Version": "1"})
+    assert answer.headers["X-Model-Version"] == "2"
+
+
+@pytest.mark.parametrize(("version", "counter"), [("2", "errors"), ("3", "timeouts")])
+def test_shadow_never_changes_the_clients_answer_or_latency(
+    client_module: httpx.Client, gateway: str, registry: str, version: str, counter: str
+):
+    url = f"{gateway}/v1/models/shadowed/predict"
+    mlflow = MlflowClient(registry)
+    with pytest.raises(MlflowException):
+        mlflow.get_model_version_by_alias("shadowed", "shadow")  # no shadow yet
+    off = Load(url, [LOW, HIGH], concurrency=4, min_requests=300).run()
+
+    mlflow.set_registered_model_alias("shadowed", "shadow", version)
+    client_module.post("/admin/reload")
+    wait_for(
+        lambda: (_status(client_module, "shadowed")["shadow"] or {}).get("version") == version,
+        180,
+        "the shadow loaded",
+    )
+    on = Load(url, [LOW, HIGH], concurrency=4, min_requests=300).run()
+    try:
+        assert not on.failed and not off.failed
+        assert set(on.versions()) == {"1"}  # the client's answer comes from the champion
+        p95_off, p95_on = _p95(off), _p95(on)
+        print(f"\nshadow v{version}: p95 {p95_off * 1000:.0f}ms off, {p95_on * 1000:.0f}ms on")
+        assert p95_on < 0.5 and p95_on <= 3 * p95_off + 0.1
+        comparison = wait_for(
+            lambda: (_status(client_module, "shadowed")["shadow"] or {}).get("comparison"),
+            10,
+            "shadow figures",
+        )
+        assert comparison[counter] > 0
+        assert comparison["compared"] == 0  # nothing it said could be compared
+    finally:
+        mlflow.delete_registered_model_alias("shadowed", "shadow")
+        client_module.post("/admin/reload")
+        wait_for(lambda: _status(client_module, "shadowed")["shadow"] is None, 60, "shadow off")
+
+
+def _p95(result: Any) -> float:
+    latencies = sorted(s.ended - s.started for s in result.samples)
+    return latencies[int(0.95 * (len(latencies) - 1))]
+
+
+def test_good_challenger_is_rolled_out_and_promoted(
+    client_module: httpx.Client, gateway: str, registry: str
+):
+    mlflow = MlflowClient(registry)
+    mlflow.set_registered_model_alias("canary", "challenger", "2")
+    client_module.post("/admin/reload")
+    load = Load(
+        f"{gateway}/v1/models/canary/predict",
+        [LOW, HIGH],
+        concurrency=4,
+        until=lambda: False,
+        max_s=300,
+    )
+    with load:
+        status = wait_for(
+            lambda: (s := _status(client_module, "canary"))["serving_version"] == "2" and s,
+            280,
+            "the promotion",
+            every_s=1,
+        )
+        load.until = lambda: True
+    assert not load.result.failed, load.result.failed[:3]
+    assert status["rollout"]["status"] == "promoted"
+    kinds = [e["kind"] for e in client_module.get("/admin/events?model=canary").json()]
+    assert kinds.count("rollout") >= 3  # started, then each step passed
+    assert "promote" in kinds
+    assert mlflow.get_model_version_by_alias("canary", "champion").version == "2"
+    with pytest.raises(MlflowException):
+        mlflow.get_model_version_by_alias("canary", "challenger")
+    tags = mlflow.get_model_version("canary", "2").tags
+    assert "promoted" in tags["modellane.rollout_result"]
+    print(f"\nrollout: promoted after {len(load.result.samples)} requests, 0 failed")
+
+
+def test_bad_challenger_is_rolled_back_at_its_first_step(
+    client_module: httpx.Client, gateway: str, registry: str
+):
+    mlflow = MlflowClient(registry)
+    since = client_module.get("/admin/events").json()[-1]["seq"]
+    mlflow.set_registered_model_alias("canary", "challenger", "3")
+    client_module.post("/admin/reload")
+    started = time.time()
+    load = Load(
+        f"{gateway}/v1/models/canary/predict",
+        [LOW, HIGH],
+        concurrency=4,
+        until=lambda: False,
+        max_s=300,
+    )
+    with load:
+        wait_for(
+            lambda: (
+                (_status(client_module, "canary")["rollout"] or {}).get("status") == "rolled_back"
+            ),
+            280,
+            "the rollback",
+            every_s=0.5,
+        )
+        load.until = lambda: True
+    status = _status(client_module, "canary")
+    assert status["serving_version"] == "2"
+    assert status["rollout"]["step"] == 0
+    assert any(not g["passed"] and g["name"] == "error_rate" for g in status["rollout"]["gates"])
+    served_by_bad = load.result.versions()["3"]
+    failed = len(load.result.failed)
+    assert served_by_bad > 0 and failed <= served_by_bad
+    rolled_back = [
+        e
+        for e in client_module.get(f"/admin/events?model=canary&since={since}").json()
+        if e["kind"] == "rollback"
+    ]
+    assert rolled_back
+    tags = mlflow.get_model_version("canary", "3").tags
+    assert "error_rate" in tags["modellane.failed_gate"]
+    assert tags["modellane.weight"] == "0"
+    with pytest.raises(MlflowException):
+        mlflow.get_model_version_by_alias("canary", "challenger")
+    # after the rollback only the champion serves
+    wait_for(lambda: _status(client_module, "canary")["challenger"] is None, 30, "role removed")
+    after = [client_module.post("/v1/models/canary/predict", json=LOW) for _ in range(20)]
+    assert {a.headers["X-Model-Version"] for a in after} == {"2"}
+    print(
+        f"\nbad rollout: v3 served {served_by_bad} requests ({failed} failed) in "
+        f"{rolled_back[0]['time'] - started:.1f}s before the rollback"
+    )
