@@ -134,6 +134,7 @@ class DataPlane:
             latency_s, error is not None and error.status >= 500
         )
         if error is not None:
+            error.role = target.role
             raise error
         return answer, latency_s
 

@@ -28,6 +28,8 @@ class ModellaneError(Exception):
         self.model = model
         self.version = version
         self.field = field
+        #: The role of the version that answered, where one did (for X-Model-Role).
+        self.role: str | None = None
 
     def body(self) -> dict[str, Any]:
         """The common error body."""

@@ -166,7 +166,11 @@ def create_api(
 
     @api.exception_handler(ModellaneError)
     async def _modellane_error(_: Request, exc: ModellaneError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        headers = {}
+        if exc.role is not None and exc.version is not None:  # a version answered, with an error
+            headers[constants.HEADER_MODEL_VERSION] = exc.version
+            headers[constants.HEADER_MODEL_ROLE] = exc.role
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @api.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -180,7 +180,9 @@ def test_invalid_input_from_the_backend_is_422_with_model_and_version(
         }
     }
     assert_error(resp, 422, "invalid_input")
-    assert constants.HEADER_MODEL_VERSION not in resp.headers
+    # the version that answered is named in the headers too, as on a success
+    assert resp.headers[constants.HEADER_MODEL_VERSION] == "3"
+    assert resp.headers[constants.HEADER_MODEL_ROLE] == "champion"
 
 
 def test_model_failure_from_the_backend_is_500_with_model_and_version(
