@@ -71,6 +71,18 @@ class FakeControl:
     async def reload(self) -> None:
         self.calls.append(("reload",))
 
+    async def set_traffic(self, name: str, challenger: float) -> dict[str, Any]:
+        self.calls.append(("set_traffic", name, challenger))
+        if name not in self.statuses:
+            return ModelNotFound(f"model {name!r} is not served here", model=name).body()
+        return self.statuses[name]
+
+    async def rollout_action(self, name: str, action: str) -> dict[str, Any]:
+        self.calls.append(("rollout_action", name, action))
+        if name not in self.statuses:
+            return ModelNotFound(f"model {name!r} is not served here", model=name).body()
+        return Conflict("no rollout in progress", model=name).body()
+
 
 @pytest.fixture
 def control() -> FakeControl:
@@ -293,3 +305,31 @@ def test_admin_routes_are_documented_only_with_control(dataplane: DataPlane) -> 
     assert not any(
         p.startswith("/admin") for p in request(bare, "GET", "/openapi.json").json()["paths"]
     )
+
+
+# -- PUT /admin/models/{name}/traffic, POST /admin/models/{name}/rollout/{action} ---------
+
+
+def test_traffic_passes_the_weight_through(api: FastAPI, control: FakeControl) -> None:
+    resp = request(api, "PUT", "/admin/models/m/traffic", json={"challenger": 12.5})
+    assert resp.status_code == 200, resp.text
+    assert control.calls == [("set_traffic", "m", 12.5)]
+
+
+@pytest.mark.parametrize("body", [{"challenger": 101}, {"challenger": -1}, {}, {"x": 1}])
+def test_traffic_rejects_weights_outside_0_100(
+    api: FastAPI, control: FakeControl, body: dict[str, Any]
+) -> None:
+    resp = request(api, "PUT", "/admin/models/m/traffic", json=body)
+    assert_error(resp, 422, "invalid_input")
+    assert control.calls == []
+
+
+def test_rollout_actions_reach_the_control_plane(api: FastAPI, control: FakeControl) -> None:
+    for action in ("pause", "resume", "abort"):
+        resp = request(api, "POST", f"/admin/models/m/rollout/{action}")
+        assert_error(resp, 409, "conflict")
+    assert [c[2] for c in control.calls] == ["pause", "resume", "abort"]
+    resp = request(api, "POST", "/admin/models/m/rollout/explode")
+    assert resp.status_code == 422
+    assert_error(request(api, "POST", "/admin/models/nope/rollout/pause"), 404, "model_not_found")

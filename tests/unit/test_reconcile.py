@@ -10,9 +10,11 @@ from app.reconcile import (
     Failure,
     ModelState,
     Plan,
+    assign_role,
     backoff_s,
     due_for_retirement,
     plan_model,
+    plan_role,
     record_failure,
     retired,
     switch,
@@ -301,3 +303,44 @@ def test_version_of_app_is_none_for_other_applications(app_name: str) -> None:
 def test_version_of_app_with_a_dash_in_the_model_name() -> None:
     assert version_of_app("iris-v1", "iris-v1-v2") == "2"
     assert version_of_app("iris", "iris-v1-v2") is None
+
+
+# -- secondary roles (challenger, shadow) ---------------------------------------------------
+
+
+def test_plan_role_deploys_a_new_challenger_once() -> None:
+    state = ModelState("iris", champion=target("1"))
+    assert plan_role(state, "challenger", Desired("2", "alias:challenger"), False, NOW) == Plan(
+        deploy="2"
+    )
+    assert plan_role(state, "challenger", Desired("2", "alias:challenger"), True, NOW) == Plan()
+    assert plan_role(state, "challenger", None, False, NOW) == Plan()
+    state.challenger = target("2")
+    assert plan_role(state, "challenger", Desired("2", "alias:challenger"), False, NOW) == Plan()
+
+
+def test_plan_role_waits_out_a_failed_versions_backoff() -> None:
+    state = ModelState("iris", champion=target("1"))
+    record_failure(state, "2", "boom", NOW)
+    desired = Desired("2", "alias:shadow")
+    assert plan_role(state, "shadow", desired, False, NOW + 1) == Plan()
+    assert plan_role(state, "shadow", desired, False, NOW + BACKOFF_S[0]) == Plan(deploy="2")
+
+
+def test_assign_role_keeps_the_replaced_version_warm_and_resets_weight() -> None:
+    state = ModelState("iris", champion=target("1"), challenger=target("2"), weight=40.0)
+    replaced = assign_role(state, "challenger", target("3"), NOW, KEEP)
+    assert replaced == target("2")
+    assert state.challenger == target("3")
+    assert state.weight == 0.0  # a new challenger starts from nothing
+    assert state.retire_at == {"iris-v2": NOW + KEEP}
+    assert state.serving_apps() == {"iris-v1", "iris-v3"}
+
+
+def test_removing_a_role_never_retires_an_app_that_serves_another() -> None:
+    # a promoted challenger: the same app is champion now
+    state = ModelState("iris", champion=target("2"), challenger=target("2"), weight=100.0)
+    assign_role(state, "challenger", None, NOW, KEEP)
+    assert state.challenger is None
+    assert state.retire_at == {}
+    assert due_for_retirement(state, NOW + 10 * KEEP) == []

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from app.registry import Desired, RegisteredVersion, choose_champion
+from app.registry import Desired, RegisteredVersion, choose_champion, desired_roles
 
 
 def rv(version: str, stage: str | None = None, *aliases: str) -> RegisteredVersion:
@@ -68,3 +68,30 @@ def test_choice_does_not_depend_on_input_order(seed: int) -> None:
     versions.append(rv("13", None, "champion"))
     random.Random(seed).shuffle(versions)
     assert choose_champion(versions) == Desired("13", "alias:champion")
+
+
+def test_roles_from_aliases() -> None:
+    roles = desired_roles(
+        [rv("1", None, "champion"), rv("2", None, "challenger"), rv("3", None, "shadow")]
+    )
+    assert roles == {
+        "champion": Desired("1", "alias:champion"),
+        "challenger": Desired("2", "alias:challenger"),
+        "shadow": Desired("3", "alias:shadow"),
+    }
+
+
+def test_staging_is_challenger_for_users_of_stages() -> None:
+    roles = desired_roles([rv("1", "Production"), rv("2", "Staging"), rv("3", "Staging")])
+    assert roles["champion"] == Desired("1", "stage:Production")
+    assert roles["challenger"] == Desired("3", "stage:Staging")
+    assert "shadow" not in roles
+
+
+def test_alias_challenger_wins_over_staging_and_the_champion_holds_no_other_role() -> None:
+    roles = desired_roles([rv("1", "Staging", "champion", "shadow"), rv("2", None, "challenger")])
+    assert roles["challenger"] == Desired("2", "alias:challenger")
+    assert "shadow" not in roles  # v1 is the champion already
+    assert desired_roles([rv("1", "Staging", "champion")]) == {
+        "champion": Desired("1", "alias:champion")
+    }
