@@ -149,32 +149,9 @@ def _register_test_models(uri: str) -> None:
                                     run_id=iris.run_id)  # fmt: skip
     client.transition_model_version_stage("stageonly", "1", "Production")
 
-    # swapper: iris v1 and v2 again, champion v1; the hot-swap tests move it.
     weak = client.get_model_version("iris", "1")
-    client.create_registered_model("swapper")
-    for mv in (weak, iris):
-        client.create_model_version("swapper", source=f"models:/{mv.name}/{mv.version}",
-                                    run_id=mv.run_id)  # fmt: skip
-    client.set_registered_model_alias("swapper", "champion", "1")
-
-    # broken: v1 good (iris), v2 raises on load, v3 fails on its own input example.
-    client.create_registered_model("broken")
-    client.create_model_version("broken", source=f"models:/{iris.name}/{iris.version}",
-                                run_id=iris.run_id)  # fmt: skip
     example = pd.DataFrame([[5.1, 3.5, 1.4, 0.2]], columns=IRIS_COLUMNS)
-    for code in ("broken_on_load.py", "broken_on_example.py"):
-        with mlflow.start_run(run_name=code):
-            mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(MODELS_DIR / code),
-                input_example=example,
-                registered_model_name="broken",
-                pip_requirements=["mlflow", "pandas"],
-            )
-    client.set_registered_model_alias("broken", "champion", "1")
 
-    # Traffic policies: abtest (v1 strong, v2 weak iris), shadowed (v1 good; v2 raises,
-    # v3 sleeps 5 s), canary (v1, v2 the same good iris; v3 errors on a share of inputs).
     def copy(name: str, source: Any) -> None:
         client.create_model_version(name, source=f"models:/{source.name}/{source.version}",
                                     run_id=source.run_id)  # fmt: skip
@@ -190,8 +167,17 @@ def _register_test_models(uri: str) -> None:
                 pip_requirements=["mlflow", "pandas"],
             )
 
-    for name in ("abtest", "shadowed", "canary"):
+    for name in ("swapper", "broken", "abtest", "shadowed", "canary"):
         client.create_registered_model(name)
+    # swapper: iris v1 and v2 again, champion v1; the hot-swap tests move it.
+    copy("swapper", weak)
+    copy("swapper", iris)
+    # broken: v1 good (iris), v2 raises on load, v3 fails on its own input example.
+    copy("broken", iris)
+    misbehaving("broken", "broken_on_load")
+    misbehaving("broken", "broken_on_example")
+    # traffic policies: abtest (v1 strong, v2 weak iris), shadowed (v1 good; v2 raises,
+    # v3 sleeps 5 s), canary (v1, v2 the same good iris; v3 errors on a share of inputs).
     copy("abtest", iris)
     copy("abtest", weak)
     copy("shadowed", iris)
@@ -200,7 +186,7 @@ def _register_test_models(uri: str) -> None:
     copy("canary", iris)
     copy("canary", iris)
     misbehaving("canary", "errors_on_share")
-    for name in ("abtest", "shadowed", "canary"):
+    for name in ("swapper", "broken", "abtest", "shadowed", "canary"):
         client.set_registered_model_alias(name, "champion", "1")
 
 
