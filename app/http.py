@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Query, Request
@@ -69,6 +73,65 @@ def _unwrap(answer: dict[str, Any]) -> dict[str, Any]:
     if "error" in answer:
         raise from_body(answer)
     return answer
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One prediction request as it left the gateway (for metrics and the access log)."""
+
+    model: str
+    version: str | None
+    role: str | None
+    status: int
+    latency_s: float
+    request_id: str | None
+
+
+Observer = Callable[[RequestRecord], None]
+_PREDICT_PATH = re.compile(r"^/v1/models/([^/]+)/predict$")
+
+
+class ObservePredictions:
+    """Hand every prediction request's outcome to ``observer``, after the answer is sent."""
+
+    def __init__(self, app: ASGIApp, observer: Observer) -> None:
+        self.app = app
+        self.observer = observer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = _PREDICT_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        seen: dict[str, Any] = {"status": 500, "headers": {}}
+
+        async def watching_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                seen["headers"] = {
+                    k.decode().lower(): v.decode() for k, v in message.get("headers", [])
+                }
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching_send)
+        finally:
+            request_headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            headers = seen["headers"]
+            try:
+                self.observer(
+                    RequestRecord(
+                        model=match.group(1),
+                        version=headers.get(constants.HEADER_MODEL_VERSION.lower()),
+                        role=headers.get(constants.HEADER_MODEL_ROLE.lower()),
+                        status=int(seen["status"]),
+                        latency_s=time.perf_counter() - started,
+                        request_id=request_headers.get("x-request-id"),
+                    )
+                )
+            except Exception:  # observing must never break serving
+                logger.exception("request observer failed")
 
 
 class _BodyTooLarge(Exception):
@@ -153,6 +216,7 @@ def create_api(
     control: ControlPlane | None = None,
     replica: str = "local",
     routing_key_header: str = constants.DEFAULT_ROUTING_KEY_HEADER,
+    observer: Observer | None = None,
 ) -> FastAPI:
     """The gateway's FastAPI app over ``dataplane`` (and ``control`` for /admin)."""
     api = FastAPI(
@@ -163,6 +227,8 @@ def create_api(
         strict_content_type=False,
     )
     api.add_middleware(BodySizeLimit, limit=max_body_bytes)
+    if observer is not None:
+        api.add_middleware(ObservePredictions, observer=observer)  # outermost: sees 413s too
 
     @api.exception_handler(ModellaneError)
     async def _modellane_error(_: Request, exc: ModellaneError) -> JSONResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -12,12 +13,14 @@ from ray.serve.handle import DeploymentHandle
 
 from app import constants
 from app.dataplane import DataPlane
-from app.http import create_api
+from app.http import RequestRecord, create_api
 from app.routing import RoutingTable
 from app.settings import AppArgs
 from deployments.backends import HandleBackend
+from deployments.metrics import gateway_metrics, status_class
 
 logger = logging.getLogger("ray.serve")
+access_log = logging.getLogger("ray.serve.modellane.access")
 
 _FIRST_TABLE_WAIT_S = 60.0
 
@@ -80,6 +83,35 @@ class Gateway:
             control=WatcherControl(self._watcher),
             replica=self._replica,
             routing_key_header=self._args.routing_key_header,
+            observer=self._observe,
+        )
+
+    def _observe(self, record: RequestRecord) -> None:
+        """Metrics and one JSON access-log line per prediction request."""
+        request_id = record.request_id or _serve_request_id()
+        tags = {
+            "model": record.model,
+            "version": record.version or "",
+            "role": record.role or "",
+        }
+        metrics = gateway_metrics()
+        metrics.requests.inc(tags=tags)
+        metrics.latency.observe(record.latency_s, tags=tags)
+        if record.status >= 400:
+            metrics.errors.inc(tags={**tags, "status_class": status_class(record.status)})
+        access_log.info(
+            json.dumps(
+                {
+                    "event": "request",
+                    "request_id": request_id,
+                    "model": record.model,
+                    "version": record.version,
+                    "role": record.role,
+                    "status": record.status,
+                    "latency_ms": round(record.latency_s * 1000, 2),
+                    "replica": self._replica,
+                }
+            )
         )
 
     async def _follow_table(self) -> None:
@@ -99,10 +131,48 @@ class Gateway:
                 logger.info("routing table epoch %d in force", self.dataplane.table.epoch)
 
     async def _report_stats(self) -> None:
-        """Send this replica's live figures to the watcher, which judges rollouts on them."""
+        """Send this replica's live figures to the watcher, which judges rollouts on them,
+        and set the gauges of traffic weights and shadow comparisons."""
         while True:
             await asyncio.sleep(constants.STATS_REPORT_S)
+            try:
+                self._set_gauges()
+            except Exception:
+                logger.exception("setting gauges failed")
             try:
                 await self._watcher.report.remote(self._replica, self.dataplane.snapshot())
             except Exception as exc:  # the watcher may be restarting; figures are cumulative
                 logger.debug("stats report failed: %s", exc)
+
+    def _set_gauges(self) -> None:
+        metrics = gateway_metrics()
+        for name, routes in self.dataplane.table.models.items():
+            weight = routes.challenger_weight if routes.challenger else 0.0
+            for target, share in (
+                (routes.champion, 100.0 - weight),
+                (routes.challenger, weight),
+                (routes.shadow, routes.shadow_fraction * 100.0),
+            ):
+                if target is None:
+                    continue
+                tags = {"model": name, "version": target.version, "role": target.role}
+                metrics.weight.set(share, tags=tags)
+                stats = self.dataplane.comparisons.get(name, {}).get(target.version)
+                if stats is None or target.role == constants.ROLE_CHAMPION:
+                    continue
+                if stats.agreement is not None:
+                    metrics.shadow_agreement.set(stats.agreement, tags=tags)
+                if stats.latency_ratio is not None:
+                    metrics.shadow_latency_ratio.set(stats.latency_ratio, tags=tags)
+                metrics.shadow_dropped.set(stats.dropped, tags=tags)
+                metrics.shadow_errors.set(stats.errors + stats.timeouts, tags=tags)
+
+
+def _serve_request_id() -> str | None:
+    """The request id Ray Serve gave this request (it follows the request to the model)."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return _get_serve_request_context().request_id or None
+    except Exception:
+        return None

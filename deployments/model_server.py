@@ -20,6 +20,7 @@ from ray import serve
 from app import constants
 from app.errors import InvalidInput, ModelFailed, ModellaneError
 from app.validation import InputSpec, parse_inputs, to_jsonable
+from deployments.metrics import model_metrics
 
 logger = logging.getLogger("ray.serve")
 
@@ -63,6 +64,10 @@ class ModelServer:
                 f"{model} v{version} failed on its own input example: {answer['error']['message']}"
             )
         self.warmup_s = time.monotonic() - started - self.load_s
+        self._tags = {"model": model, "version": version}
+        metrics = model_metrics()
+        metrics.load_seconds.set(self.load_s, tags=self._tags)
+        metrics.warmup_seconds.set(self.warmup_s, tags=self._tags)
         logger.info(
             "loaded %s v%s (%s input) in %.1fs, warm-up %.2fs",
             model,
@@ -93,6 +98,7 @@ class ModelServer:
         except InvalidInput as exc:
             exc.model, exc.version = self.model_name, self.version
             return exc.body()
+        started = time.perf_counter()
         try:
             outputs = to_jsonable(self._model.predict(data))
         except Exception as exc:  # a model's failure is the client's 500, never the replica's end
@@ -103,6 +109,11 @@ class ModelServer:
                 **where,
             )
             return err.body()
+        tags = getattr(self, "_tags", None)
+        if tags is not None:  # not during warm-up
+            metrics = model_metrics()
+            metrics.latency.observe(time.perf_counter() - started, tags=tags)
+            metrics.batch_size.observe(len(data), tags=tags)
         return {"outputs": outputs}
 
 

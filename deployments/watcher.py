@@ -62,6 +62,7 @@ from app.schemas import (
 )
 from app.settings import AppArgs, ModelDeploymentConfig
 from app.stats import ArmStats
+from deployments.metrics import watcher_metrics
 from deployments.model_server import ModelServer
 
 logger = logging.getLogger("ray.serve")
@@ -370,11 +371,7 @@ class RegistryWatcher:
         assert state.challenger is not None
         challenger = state.challenger
         champion_source = state.champion.source if state.champion else None
-        self._rollouts[name] = rollout_mod.finish(
-            rollout, rollout_mod.PROMOTED, decision.reason, decision.gates
-        )
         message = f"promoted v{rollout.version}: {decision.reason} ({_gate_text(decision.gates)})"
-        self._events.add(ev.PROMOTE, name, rollout.version, message)
         try:
             await asyncio.to_thread(self._registry.promote, name, rollout.version, champion_source)
             if challenger.source.startswith("alias:"):
@@ -385,9 +382,14 @@ class RegistryWatcher:
         except Exception as exc:
             logger.error("could not promote %s v%s in MLflow: %s", name, rollout.version, exc)
             self._events.add(ev.FAILURE, name, rollout.version, f"promotion not written: {exc}")
+            return  # the next tick tries again
         await self._tag_quietly(
             name, rollout.version, {constants.TAG_ROLLOUT_RESULT: message[:5000]}
         )
+        self._rollouts[name] = rollout_mod.finish(
+            rollout, rollout_mod.PROMOTED, decision.reason, decision.gates
+        )
+        self._events.add(ev.PROMOTE, name, rollout.version, message)
         await self._save_rollout(name)
         self._wake.set()
 
@@ -401,11 +403,17 @@ class RegistryWatcher:
     ) -> None:
         state = self._states[name]
         state.weight = 0.0  # at once, before anything is written anywhere
-        self._rollouts[name] = rollout_mod.finish(rollout, status, reason, gates)
         self._publish()
+        if state.challenger is not None:
+            try:
+                await asyncio.to_thread(
+                    self._registry.remove_role,
+                    name, constants.ROLE_CHALLENGER, rollout.version, state.challenger.source,
+                )  # fmt: skip
+            except Exception as exc:
+                logger.error("could not remove challenger of %s: %s", name, exc)
         failed = [g for g in gates if not g.passed]
         message = f"rolled back v{rollout.version}: {reason}"
-        self._events.add(ev.ROLLBACK, name, rollout.version, message)
         tags = {
             constants.TAG_ROLLOUT_RESULT: message[:5000],
             constants.TAG_WEIGHT: "0",
@@ -415,15 +423,11 @@ class RegistryWatcher:
                 [g.model_dump() for g in failed], default=str
             )[:5000]
         await self._tag_quietly(name, rollout.version, tags)
+        # The outcome shows last, once the registry says the same.
+        self._rollouts[name] = rollout_mod.finish(rollout, status, reason, gates)
+        self._events.add(ev.ROLLBACK, name, rollout.version, message)
+        watcher_metrics().rollbacks.inc(tags={"model": name, "version": rollout.version})
         await self._save_rollout(name)
-        if state.challenger is not None:
-            try:
-                await asyncio.to_thread(
-                    self._registry.remove_role,
-                    name, constants.ROLE_CHALLENGER, rollout.version, state.challenger.source,
-                )  # fmt: skip
-            except Exception as exc:
-                logger.error("could not remove challenger of %s: %s", name, exc)
         self._wake.set()
 
     async def _save_rollout(self, name: str) -> None:
@@ -435,6 +439,10 @@ class RegistryWatcher:
         if rollout.status == rollout_mod.PAUSED:
             weight = self._states[name].weight
         saved = {"status": rollout.status, "step": rollout.step, "weight": weight}
+        running = rollout.status in (rollout_mod.RUNNING, rollout_mod.PAUSED)
+        watcher_metrics().rollout_step.set(
+            rollout.step if running else -1, tags={"model": name, "version": rollout.version}
+        )
         await self._tag_quietly(
             name,
             rollout.version,
@@ -671,6 +679,7 @@ class RegistryWatcher:
         except Exception as exc:
             reason = await asyncio.to_thread(_failure_reason, app_name, exc)
             failure = record_failure(state, desired.version, reason, time.time())
+            watcher_metrics().failed_loads.inc(tags={"model": name, "version": desired.version})
             logger.error("%s failed: %s", app_name, reason)
             self._events.add(ev.FAILURE, name, desired.version, f"{app_name} failed: {reason}")
             self._events.add(
@@ -756,6 +765,9 @@ class RegistryWatcher:
         state = self._states[name]
         replaced = assign_role(state, role, target, time.time(), self._args.keep_previous_s)
         if target is not None:
+            watcher_metrics().switches.inc(
+                tags={"model": name, "version": target.version, "role": role}
+            )
             self._events.add(
                 ev.SWITCH, name, target.version,
                 f"{role}: v{replaced.version if replaced else None} -> v{target.version} "
@@ -786,6 +798,13 @@ class RegistryWatcher:
         )
         replaced = switch(state, target, time.time(), self._args.keep_previous_s)
         old = replaced.version if replaced else None
+        metrics = watcher_metrics()
+        if not adopted:
+            metrics.switches.inc(
+                tags={"model": name, "version": desired.version, "role": "champion"}
+            )
+            if was_previous:
+                metrics.rollbacks.inc(tags={"model": name, "version": desired.version})
         if adopted:
             self._events.add(
                 ev.ADOPT, name, desired.version, f"took over running {target.app_name}"

@@ -43,7 +43,7 @@ def test_models_list_versions_and_champions(client: httpx.Client) -> None:
     models = {m["name"]: m for m in answer.json()["models"]}
     assert models["iris"]["champion"] == "2"
     assert models["iris"]["champion_source"] == "alias:champion"
-    assert [v["version"] for v in models["iris"]["versions"]] == ["1", "2"]
+    assert [v["version"] for v in models["iris"]["versions"]] == ["1", "2", "3"]
     assert models["iris"]["versions"][1]["aliases"] == ["champion"]
     # Users of stages: the Production version serves where no alias is set.
     assert models["stageonly"]["champion"] == "1"

@@ -1,0 +1,156 @@
+"""modellane's metrics, through Ray's own metrics pipeline.
+
+Defined with ``ray.serve.metrics`` and exported by Ray in Prometheus format next to Ray
+Serve's built-in metrics (the head's metrics export port, 8080 under scripts/up.sh). Ray
+prefixes every name with ``ray_``: ``modellane_requests_total`` is scraped as
+``ray_modellane_requests_total``. Labels are few and fixed: ``model``, ``version``, ``role``
+(plus ``status_class`` on errors, ``feature`` on drift, ``device`` on GPUs).
+
+Each process creates its metrics lazily, once (:func:`gateway_metrics` and friends).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+from app.stats import LATENCY_BOUNDS_S
+
+logger = logging.getLogger("ray.serve")
+
+
+def _keys(*names: str) -> Any:
+    # Ray annotates tag_keys as Tuple[str] (one element); any length works.
+    return names
+
+
+MVR = _keys("model", "version", "role")
+MV = _keys("model", "version")
+_BOUNDS = list(LATENCY_BOUNDS_S)
+
+
+@dataclass(frozen=True)
+class GatewayMetrics:
+    requests: Counter
+    errors: Counter
+    latency: Histogram
+    weight: Gauge
+    shadow_agreement: Gauge
+    shadow_latency_ratio: Gauge
+    shadow_dropped: Gauge
+    shadow_errors: Gauge
+
+
+@functools.cache
+def gateway_metrics() -> GatewayMetrics:
+    return GatewayMetrics(
+        requests=Counter(
+            "modellane_requests_total", "Requests answered by the gateway.", tag_keys=MVR
+        ),
+        errors=Counter(
+            "modellane_errors_total",
+            "Error answers by status class (4xx, 5xx).",
+            tag_keys=_keys(*MVR, "status_class"),
+        ),
+        latency=Histogram(
+            "modellane_request_latency_seconds",
+            "Gateway request latency.",
+            boundaries=_BOUNDS,
+            tag_keys=MVR,
+        ),
+        weight=Gauge(
+            "modellane_traffic_weight_percent",
+            "Share of requests each role's version gets (shadow: mirrored share).",
+            tag_keys=MVR,
+        ),
+        shadow_agreement=Gauge(
+            "modellane_shadow_agreement",
+            "Agreement (labels) or cosine similarity (embeddings) with the primary's answers.",
+            tag_keys=MVR,
+        ),
+        shadow_latency_ratio=Gauge(
+            "modellane_shadow_latency_ratio", "Mirrored call latency / primary's.", tag_keys=MVR
+        ),
+        shadow_dropped=Gauge(
+            "modellane_shadow_dropped", "Mirrored calls dropped (cap reached).", tag_keys=MVR
+        ),
+        shadow_errors=Gauge(
+            "modellane_shadow_errors",
+            "Mirrored calls that failed or timed out.",
+            tag_keys=MVR,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    latency: Histogram
+    load_seconds: Gauge
+    warmup_seconds: Gauge
+    batch_size: Histogram
+    drift_psi: Gauge
+    drift_kl: Gauge
+
+
+@functools.cache
+def model_metrics() -> ModelMetrics:
+    return ModelMetrics(
+        latency=Histogram(
+            "modellane_model_latency_seconds",
+            "Model predict latency inside the model server.",
+            boundaries=_BOUNDS,
+            tag_keys=MV,
+        ),
+        load_seconds=Gauge("modellane_model_load_seconds", "Model load time.", tag_keys=MV),
+        warmup_seconds=Gauge(
+            "modellane_model_warmup_seconds", "Warm-up (validation) time.", tag_keys=MV
+        ),
+        batch_size=Histogram(
+            "modellane_batch_size",
+            "Rows per predict call.",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
+            tag_keys=MV,
+        ),
+        drift_psi=Gauge(
+            "modellane_drift_psi",
+            "Population Stability Index of live inputs vs the training baseline.",
+            tag_keys=_keys(*MV, "feature"),
+        ),
+        drift_kl=Gauge(
+            "modellane_drift_kl",
+            "KL divergence of live inputs vs the training baseline.",
+            tag_keys=_keys(*MV, "feature"),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class WatcherMetrics:
+    switches: Counter
+    rollbacks: Counter
+    failed_loads: Counter
+    rollout_step: Gauge
+
+
+@functools.cache
+def watcher_metrics() -> WatcherMetrics:
+    return WatcherMetrics(
+        switches=Counter("modellane_switches_total", "Role switches.", tag_keys=MVR),
+        rollbacks=Counter(
+            "modellane_rollbacks_total", "Rollbacks (admin, by hand, rollout).", tag_keys=MV
+        ),
+        failed_loads=Counter(
+            "modellane_failed_loads_total", "Versions that failed to load or validate.", tag_keys=MV
+        ),
+        rollout_step=Gauge(
+            "modellane_rollout_step", "Step of the rollout in progress (-1: none).", tag_keys=MV
+        ),
+    )
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
