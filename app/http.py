@@ -223,7 +223,7 @@ def create_api(
         title="modellane gateway",
         summary="Models from the MLflow registry, served on Ray Serve.",
         version="0.1.0",
-        # Accept JSON bodies whatever Content-Type the client sent (curl -d sends a form's).
+        # Accept a JSON body sent with no Content-Type at all.
         strict_content_type=False,
     )
     api.add_middleware(BodySizeLimit, limit=max_body_bytes)
