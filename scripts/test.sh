@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install.sh
+# A real Prometheus for the observability test (Debian's package), where missing.
+if ! command -v prometheus >/dev/null; then
+  echo "[test] installing Debian's prometheus"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+fi
 source scripts/env.sh
 unset RAY_ADDRESS  # the suite starts its own Ray; never attach it to a running stack
 

@@ -12,6 +12,7 @@ Composed as registry -> serve instance -> gateway (MLServer's fixture chain):
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -190,20 +191,75 @@ def _register_test_models(uri: str) -> None:
         client.set_registered_model_alias(name, "champion", "1")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The observability test reads what the others left: it runs last."""
+    items.sort(key=lambda item: "test_observability" in item.nodeid)
+
+
 @pytest.fixture(scope="session")
-def serve_http() -> Iterator[str]:
+def metrics_port() -> int:
+    """Where Ray exports metrics in Prometheus format for this run."""
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def serve_http(metrics_port: int) -> Iterator[str]:
     """A real local Ray + Serve, started once; yields the HTTP proxy's base URL."""
     import ray
     from ray import serve
 
     port = _free_port()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+class WebhookReceiver:
+    """A local HTTP server that records every JSON POST (the drift alert webhook)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        received = self.received = []  # type: list[dict[str, Any]]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                received.append(json.loads(self.rfile.read(length) or b"{}"))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/alerts"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture(scope="session")
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
 
 
 def control_config(tracking_uri: str, http_port: int, **changes: Any) -> dict[str, Any]:
