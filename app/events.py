@@ -22,6 +22,7 @@ REGISTRY_REACHABLE = "registry_reachable"
 NO_CHAMPION = "no_champion"
 TRAFFIC = "traffic"  # the challenger's weight was set by hand
 ROLLOUT = "rollout"  # a rollout started, advanced, paused or resumed
+DRIFT = "drift"  # live inputs of a feature moved away from the training baseline
 PROMOTE = "promote"  # a rollout passed every step: the challenger became champion
 
 

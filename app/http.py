@@ -68,6 +68,8 @@ class ControlPlane(Protocol):
 
     async def rollout_action(self, name: str, action: str) -> dict[str, Any]: ...
 
+    async def drift(self, name: str) -> dict[str, Any]: ...
+
 
 def _unwrap(answer: dict[str, Any]) -> dict[str, Any]:
     if "error" in answer:
@@ -354,6 +356,15 @@ def _add_admin_routes(
     )
     async def rollout_action(name: str, action: RolloutAction) -> dict[str, Any]:
         return _unwrap(await control.rollout_action(name, action.value))
+
+    @api.get(
+        "/admin/models/{name}/drift",
+        responses={404: _ERRORS[404]},
+        summary="Input drift of the champion: PSI and KL per feature against training",
+        tags=["admin"],
+    )
+    async def drift(name: str) -> dict[str, Any]:
+        return _unwrap(await control.drift(name))
 
     @api.get(
         "/admin/events",

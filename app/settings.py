@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app import constants
+from app.drift import DriftSettings
 from app.rollout import RolloutPolicy
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -108,6 +109,11 @@ class AppArgs(BaseModel):
         default=constants.DEFAULT_KEEP_PREVIOUS_S,
         ge=0,
         description="How long a replaced version stays deployed (warm) so a rollback is instant.",
+    )
+    drift: DriftSettings = Field(
+        default_factory=DriftSettings,
+        description="Input drift: how often it is measured, the window, the PSI threshold, "
+        "the alert cool-down and webhook.",
     )
     routing_key_header: str = Field(
         default=constants.DEFAULT_ROUTING_KEY_HEADER,

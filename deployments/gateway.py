@@ -49,11 +49,16 @@ class WatcherControl:
     async def rollout_action(self, name: str, action: str) -> dict[str, Any]:
         return await self._watcher.rollout_action.remote(name, action)
 
+    async def drift(self, name: str) -> dict[str, Any]:
+        return await self._watcher.drift.remote(name)
+
 
 @serve.deployment(
     name=constants.GATEWAY_DEPLOYMENT,
     ray_actor_options={"num_cpus": 0.1},
     max_ongoing_requests=256,
+    # A changed config replaces replicas: start the new ones before the old stop serving.
+    max_surge_percent=100,
 )
 @serve.ingress()
 class Gateway:

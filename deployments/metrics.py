@@ -152,5 +152,48 @@ def watcher_metrics() -> WatcherMetrics:
     )
 
 
+@dataclass(frozen=True)
+class GpuMetrics:
+    memory_used: Gauge
+    utilization: Gauge
+
+
+@functools.cache
+def gpu_metrics() -> GpuMetrics:
+    return GpuMetrics(
+        memory_used=Gauge(
+            "modellane_gpu_memory_used_bytes", "GPU memory in use.", tag_keys=_keys("device")
+        ),
+        utilization=Gauge(
+            "modellane_gpu_utilization_percent", "GPU utilization.", tag_keys=_keys("device")
+        ),
+    )
+
+
+@functools.cache
+def _nvml() -> Any:
+    """pynvml, initialised; None where there is no NVIDIA GPU (then no GPU metrics exist)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:
+        return None
+
+
+def set_gpu_gauges() -> None:
+    """GPU memory and utilization per device of this node; nothing without a GPU."""
+    nvml = _nvml()
+    if nvml is None:
+        return
+    metrics = gpu_metrics()
+    for index in range(nvml.nvmlDeviceGetCount()):
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        tags = {"device": str(index)}
+        metrics.memory_used.set(float(nvml.nvmlDeviceGetMemoryInfo(handle).used), tags=tags)
+        metrics.utilization.set(float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu), tags=tags)
+
+
 def status_class(status: int) -> str:
     return f"{status // 100}xx"

@@ -18,6 +18,7 @@ import pandas as pd
 from ray import serve
 
 from app import constants
+from app.drift import BASELINE_ARTIFACT, Baseline, DriftMonitor
 from app.errors import InvalidInput, ModelFailed, ModellaneError
 from app.validation import InputSpec, parse_inputs, to_jsonable
 from deployments.metrics import model_metrics
@@ -30,11 +31,15 @@ logger = logging.getLogger("ray.serve")
     health_check_period_s=10,
     # A version that cannot load fails fast; the registry watcher retries it with backoff.
     max_constructor_retry_count=2,
+    # Replicas replaced by new settings keep serving until their replacements are ready.
+    max_surge_percent=100,
 )
 class ModelServer:
     """Serves ``models:/<model>/<version>``; answers envelopes (see ``app.dataplane``)."""
 
-    def __init__(self, model: str, version: str, tracking_uri: str) -> None:
+    def __init__(
+        self, model: str, version: str, tracking_uri: str, drift_window: int = 1000
+    ) -> None:
         for key, value in constants.OFFLINE_ENV.items():
             os.environ.setdefault(key, value)
         import mlflow
@@ -57,6 +62,7 @@ class ModelServer:
             raise RuntimeError(f"{model} v{version} has no input example to validate it with")
         self.example = _example_as_inputs(self.spec, example)
         self.load_s = time.monotonic() - started
+        self._drift = DriftMonitor(_load_baseline(model, version, tracking_uri), drift_window)
 
         answer = self._predict(self.example)  # warm-up + validation: fail here, never on traffic
         if "error" in answer:
@@ -91,6 +97,26 @@ class ModelServer:
             "warmup_s": self.warmup_s,
         }
 
+    def drift(self, threshold: float, min_values: int) -> dict[str, Any]:
+        """PSI and KL of the live window against the training baseline, per feature.
+
+        Called periodically by the registry watcher, never on the request path.
+        """
+        results = self._drift.measure(threshold, min_values)
+        metrics = model_metrics()
+        for r in results:
+            if r.psi is not None:
+                tags = {**self._tags, "feature": r.feature}
+                metrics.drift_psi.set(r.psi, tags=tags)
+                metrics.drift_kl.set(r.kl or 0.0, tags=tags)
+        return {
+            "model": self.model_name,
+            "version": self.version,
+            "baseline": self._drift.baseline is not None,
+            "threshold": threshold,
+            "features": [r.model_dump() for r in results],
+        }
+
     def _predict(self, inputs: Any) -> dict[str, Any]:
         where = {"model": self.model_name, "version": self.version}
         try:
@@ -111,10 +137,30 @@ class ModelServer:
             return err.body()
         tags = getattr(self, "_tags", None)
         if tags is not None:  # not during warm-up
+            self._drift.observe(data)
             metrics = model_metrics()
             metrics.latency.observe(time.perf_counter() - started, tags=tags)
             metrics.batch_size.observe(len(data), tags=tags)
         return {"outputs": outputs}
+
+
+def _load_baseline(model: str, version: str, tracking_uri: str) -> Baseline | None:
+    """The drift baseline logged with the version's run, if there is one."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    try:
+        run_id = MlflowClient(tracking_uri).get_model_version(model, version).run_id
+        if not run_id:
+            return None
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=BASELINE_ARTIFACT, tracking_uri=tracking_uri
+        )
+        with open(path) as f:
+            return Baseline.model_validate_json(f.read())
+    except Exception as exc:  # no baseline: no drift figures, serving goes on
+        logger.info("%s v%s has no drift baseline: %s", model, version, str(exc)[:200])
+        return None
 
 
 def _example_as_inputs(spec: InputSpec, example: Any) -> Any:

@@ -30,6 +30,7 @@ from collections.abc import Coroutine
 from importlib.metadata import version as package_version
 from typing import Any
 
+import httpx
 from ray import serve
 from ray.serve.schema import ApplicationStatus
 
@@ -37,6 +38,7 @@ from app import constants
 from app import events as ev
 from app import rollout as rollout_mod
 from app.compare import ComparisonStats
+from app.drift import Alerter, FeatureDrift
 from app.errors import Conflict, ModellaneError, ModelNotFound
 from app.events import EventLog
 from app.reconcile import (
@@ -62,7 +64,7 @@ from app.schemas import (
 )
 from app.settings import AppArgs, ModelDeploymentConfig
 from app.stats import ArmStats
-from deployments.metrics import watcher_metrics
+from deployments.metrics import set_gpu_gauges, watcher_metrics
 from deployments.model_server import ModelServer
 
 logger = logging.getLogger("ray.serve")
@@ -75,6 +77,7 @@ _CODE_VERSION = package_version("modellane")
     num_replicas=1,
     ray_actor_options={"num_cpus": 0.05},
     max_ongoing_requests=1000,  # every gateway replica keeps one long-poll open
+    max_surge_percent=100,
 )
 class RegistryWatcher:
     async def __init__(self, args: dict[str, Any]) -> None:  # type: ignore[misc]
@@ -106,6 +109,9 @@ class RegistryWatcher:
         loop = asyncio.get_running_loop()
         self._loop_task = loop.create_task(self._run())
         self._rollout_task = loop.create_task(self._run_rollouts())
+        self._drift_reports: dict[str, dict[str, Any]] = {}
+        self._alerters = {name: Alerter(self._args.drift.cooldown_s) for name in self._args.models}
+        self._drift_task = loop.create_task(self._run_drift())
 
     # -- what gateways and admins call -------------------------------------------------
 
@@ -164,6 +170,71 @@ class RegistryWatcher:
             return (await self._rollout_action(name, action)).model_dump()
         except ModellaneError as exc:
             return exc.body()
+
+    def drift(self, name: str) -> dict[str, Any]:
+        """The latest drift figures of the model's champion."""
+        if name not in self._states:
+            return ModelNotFound(f"model {name!r} is not served here", model=name).body()
+        return self._drift_reports.get(name) or {
+            "model": name,
+            "version": None,
+            "baseline": False,
+            "threshold": self._args.drift.threshold,
+            "features": [],
+        }
+
+    async def _run_drift(self) -> None:
+        settings = self._args.drift
+        while True:
+            await asyncio.sleep(settings.interval_s)
+            for name, state in self._states.items():
+                if state.champion is None:
+                    continue
+                try:
+                    await self._measure_drift(name, state.champion)
+                except Exception as exc:
+                    logger.warning("drift of %s not measured: %s", name, exc)
+            with contextlib.suppress(Exception):
+                set_gpu_gauges()
+
+    async def _measure_drift(self, name: str, champion: Target) -> None:
+        settings = self._args.drift
+        handle = serve.get_deployment_handle(
+            constants.MODEL_SERVER_DEPLOYMENT, app_name=champion.app_name
+        )
+        report: dict[str, Any] = await handle.drift.remote(settings.threshold, settings.min_values)
+        self._drift_reports[name] = report
+        results = [FeatureDrift.model_validate(f) for f in report["features"]]
+        for result in self._alerters[name].due(results, time.time()):
+            message = (
+                f"input drift on {result.feature}: PSI {result.psi:.3f} > {settings.threshold} "
+                f"(KL {result.kl or 0:.3f}, {result.window} live values)"
+            )
+            self._events.add(ev.DRIFT, name, champion.version, message)
+            if settings.webhook_url:
+                self._spawn(self._post_alert(name, champion.version, result, message))
+
+    async def _post_alert(
+        self, name: str, version: str, result: FeatureDrift, message: str
+    ) -> None:
+        payload = {
+            "kind": "drift",
+            "model": name,
+            "version": version,
+            "feature": result.feature,
+            "psi": result.psi,
+            "kl": result.kl,
+            "threshold": self._args.drift.threshold,
+            "window": result.window,
+            "message": message,
+            "time": time.time(),
+        }
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                answer = await client.post(str(self._args.drift.webhook_url), json=payload)
+                answer.raise_for_status()
+        except Exception as exc:  # an alert that cannot be delivered is logged, never fatal
+            logger.warning("drift webhook failed: %s", exc)
 
     async def check_health(self) -> None:
         if self._loop_task.done():
@@ -906,7 +977,7 @@ def _deploy_app(model: str, version: str, config: ModelDeploymentConfig, args: A
     # A fixed version tells Serve that a re-applied, unchanged config is a no-op and a
     # changed replica count is a light update (Serve would otherwise restart every replica).
     deployment._version = f"{model}-v{version}-{_CODE_VERSION}"
-    app = deployment.bind(model, version, args.mlflow_tracking_uri)
+    app = deployment.bind(model, version, args.mlflow_tracking_uri, args.drift.window)
     serve.run(app, name=constants.version_app_name(model, version), route_prefix=None)
 
 

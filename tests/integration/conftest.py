@@ -32,7 +32,9 @@ pytestmark = pytest.mark.integration
 MODELS_DIR = Path(__file__).parent / "models"
 IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 #: Models the test gateway serves besides the demo ones, with small replicas.
-TEST_MODELS = ("failing", "stageonly", "swapper", "broken", "abtest", "shadowed", "canary")
+TEST_MODELS = (
+    "failing", "stageonly", "swapper", "broken", "abtest", "shadowed", "canary", "drifty",
+)  # fmt: skip
 #: Per-model settings of the test stack beyond the replica defaults.
 TEST_MODEL_SETTINGS: dict[str, dict[str, Any]] = {
     "abtest": {"allow_version_override": True},
@@ -168,8 +170,10 @@ def _register_test_models(uri: str) -> None:
                 pip_requirements=["mlflow", "pandas"],
             )
 
-    for name in ("swapper", "broken", "abtest", "shadowed", "canary"):
+    for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty"):
         client.create_registered_model(name)
+    # drifty: iris v2 again; its run holds the training data's drift baseline.
+    copy("drifty", iris)
     # swapper: iris v1 and v2 again, champion v1; the hot-swap tests move it.
     copy("swapper", weak)
     copy("swapper", iris)
@@ -187,7 +191,7 @@ def _register_test_models(uri: str) -> None:
     copy("canary", iris)
     copy("canary", iris)
     misbehaving("canary", "errors_on_share")
-    for name in ("swapper", "broken", "abtest", "shadowed", "canary"):
+    for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty"):
         client.set_registered_model_alias(name, "champion", "1")
 
 
@@ -285,6 +289,18 @@ def control_config(tracking_uri: str, http_port: int, **changes: Any) -> dict[st
     return config
 
 
+def drift_settings(webhook_url: str) -> dict[str, Any]:
+    """Drift measured every second over a small window, alerts to ``webhook_url``."""
+    return {
+        "interval_s": 1,
+        "window": 200,
+        "min_values": 50,
+        "threshold": 0.2,
+        "cooldown_s": 600,
+        "webhook_url": webhook_url,
+    }
+
+
 def serve_deploy(config: dict[str, Any]) -> None:
     """What ``serve deploy`` does, minus the REST hop: apply a config declaratively."""
     from ray.serve.context import _get_global_client
@@ -294,10 +310,10 @@ def serve_deploy(config: dict[str, Any]) -> None:
 
 
 @pytest.fixture(scope="session")
-def gateway(serve_http: str, registry: str) -> str:
+def gateway(serve_http: str, registry: str, webhook: WebhookReceiver) -> str:
     """The control application, deployed declaratively from serve_config.yaml, ready."""
     port = int(serve_http.rsplit(":", 1)[1])
-    serve_deploy(control_config(registry, port))
+    serve_deploy(control_config(registry, port, drift=drift_settings(webhook.url)))
     wait_for(
         lambda: httpx.get(f"{serve_http}/readyz", timeout=5).status_code == 200,
         600,

@@ -13,7 +13,13 @@ from mlflow import MlflowClient
 from ray import serve
 
 from tests.helpers import wait_for
-from tests.integration.conftest import MlflowServer, control_config, serve_deploy
+from tests.integration.conftest import (
+    MlflowServer,
+    WebhookReceiver,
+    control_config,
+    drift_settings,
+    serve_deploy,
+)
 from tests.load import Load, LoadResult
 
 pytestmark = pytest.mark.integration
@@ -258,11 +264,11 @@ def test_replaced_version_is_deleted_after_keep_previous(client: httpx.Client):
 
 
 def test_serve_deploy_of_a_changed_config_under_load(
-    client: httpx.Client, gateway: str, registry: str
+    client: httpx.Client, gateway: str, registry: str, webhook: WebhookReceiver
 ):
     apps_before = set(serve.status().applications)
     port = int(gateway.rsplit(":", 1)[1])
-    config = control_config(registry, port, poll_interval_s=3)
+    config = control_config(registry, port, poll_interval_s=3, drift=drift_settings(webhook.url))
     control = config["applications"][0]
     control["args"]["models"]["iris"]["num_replicas"] = 2
     for deployment in control["deployments"]:

@@ -77,6 +77,12 @@ class FakeControl:
             return ModelNotFound(f"model {name!r} is not served here", model=name).body()
         return self.statuses[name]
 
+    async def drift(self, name: str) -> dict[str, Any]:
+        self.calls.append(("drift", name))
+        if name not in self.statuses:
+            return ModelNotFound(f"model {name!r} is not served here", model=name).body()
+        return {"model": name, "version": "3", "baseline": True, "features": []}
+
     async def rollout_action(self, name: str, action: str) -> dict[str, Any]:
         self.calls.append(("rollout_action", name, action))
         if name not in self.statuses:
