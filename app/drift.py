@@ -1,8 +1,8 @@
 """Input drift: per-feature baselines from training data, and how far live inputs moved.
 
-- A baseline is, per feature, bin edges (deciles of the training data, open at both ends)
-  and the share of training rows in each bin; it is logged as an MLflow artifact of the
-  model version (``drift_baseline.json``).
+- A baseline is, per feature, bin edges (the training minimum, deciles, and just above the
+  maximum; the outer bins are open) and the share of training rows in each bin; it is
+  logged as an MLflow artifact with the model version's run (``drift_baseline.json``).
 - Text models get a baseline of simple input statistics: length in characters and in
   whitespace tokens.
 - Live inputs go into a sliding window per feature; the Population Stability Index and the
@@ -62,11 +62,14 @@ def feature_baseline(values: Sequence[float], bins: int = DEFAULT_BINS) -> Featu
     ordered = sorted(float(v) for v in values)
     if not ordered:
         raise ValueError("a baseline needs values")
-    edges: list[float] = []
+    # The training minimum and just above its maximum bound two bins that training never
+    # filled: live values outside the training range land there and show as drift.
+    edges: list[float] = [ordered[0]]
     for i in range(1, bins):
         edge = ordered[min(len(ordered) - 1, round(i * len(ordered) / bins))]
-        if not edges or edge > edges[-1]:
+        if edge > edges[-1]:
             edges.append(edge)
+    edges.append(math.nextafter(ordered[-1], math.inf))
     return FeatureBaseline(edges=edges, frequencies=frequencies(edges, ordered))
 
 

@@ -34,15 +34,16 @@ def test_bin_index_is_open_at_both_ends() -> None:
 
 def test_deciles_split_training_data_evenly() -> None:
     base = feature_baseline(normal(5000, 0.0, 1))
-    assert len(base.edges) == 9
-    assert base.frequencies == pytest.approx([0.1] * 10, abs=0.002)
+    assert len(base.edges) == 11  # minimum, 9 deciles, just above the maximum
+    assert base.frequencies[0] == 0 and base.frequencies[-1] == 0  # outside training
+    assert base.frequencies[1:-1] == pytest.approx([0.1] * 10, abs=0.002)
     assert sum(base.frequencies) == pytest.approx(1.0)
 
 
 def test_constant_feature_gives_one_edge_not_duplicates() -> None:
     base = feature_baseline([5.0] * 100)
-    assert base.edges == [5.0]
-    assert base.frequencies == [0.0, 1.0]
+    assert base.edges == [5.0, math.nextafter(5.0, math.inf)]
+    assert base.frequencies == [0.0, 1.0, 0.0]
 
 
 def test_psi_and_kl_are_zero_for_the_same_distribution_and_grow_with_shift() -> None:
@@ -96,3 +97,24 @@ def test_text_statistics_and_baseline_round_trip() -> None:
     baseline = build_baseline(stats, kind="text")
     assert Baseline.model_validate_json(baseline.model_dump_json()) == baseline
     assert frequencies([1.0], []) == [0.0, 0.0]
+
+
+def test_monitor_feeds_tabular_columns_and_text_statistics() -> None:
+    import pandas as pd
+
+    from app.drift import DriftMonitor
+
+    tabular = DriftMonitor(build_baseline({"x": normal(1000, 0.0, 1)}), window=100)
+    tabular.observe(pd.DataFrame({"x": normal(80, 3.0, 2), "other": [0.0] * 80}))
+    (result,) = tabular.measure(threshold=0.2, min_values=50)
+    assert result.feature == "x" and result.drifted and result.window == 80
+
+    text = DriftMonitor(build_baseline(text_statistics(["a short one"] * 100), "text"), 100)
+    text.observe(["a short one"] * 60)
+    assert all(not r.drifted for r in text.measure(threshold=0.2, min_values=50))
+    text.observe(["a much much much longer sentence than the baseline ever saw"] * 100)
+    assert all(r.drifted for r in text.measure(threshold=0.2, min_values=50))
+
+    none = DriftMonitor(None, window=10)
+    none.observe(["x"])
+    assert none.measure(0.2, 1) == []
