@@ -104,6 +104,9 @@ class ModelServer:
         """
         results = self._drift.measure(threshold, min_values)
         metrics = model_metrics()
+        # Ray exports a gauge only while it is being set: keep these fresh.
+        metrics.load_seconds.set(self.load_s, tags=self._tags)
+        metrics.warmup_seconds.set(self.warmup_s, tags=self._tags)
         for r in results:
             if r.psi is not None:
                 tags = {**self._tags, "feature": r.feature}

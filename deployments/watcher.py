@@ -398,11 +398,24 @@ class RegistryWatcher:
     async def _run_rollouts(self) -> None:
         while True:
             await asyncio.sleep(constants.ROLLOUT_TICK_S)
+            self._set_rollout_gauges()
             for name in list(self._rollouts):
                 try:
                     await self._tick_rollout(name)
                 except Exception:
                     logger.exception("rollout tick of %s failed", name)
+
+    def _set_rollout_gauges(self) -> None:
+        # Ray exports a gauge only while it is being set: set every tick.
+        gauge = watcher_metrics().rollout_step
+        for name in self._args.models:
+            rollout = self._rollouts.get(name)
+            running = rollout is not None and rollout.status in (
+                rollout_mod.RUNNING, rollout_mod.PAUSED
+            )  # fmt: skip
+            version = rollout.version if rollout is not None else ""
+            step = rollout.step if rollout is not None and running else -1
+            gauge.set(step, tags={"model": name, "version": version})
 
     async def _tick_rollout(self, name: str) -> None:
         rollout = self._rollouts[name]

@@ -275,7 +275,7 @@ def control_config(tracking_uri: str, http_port: int, **changes: Any) -> dict[st
     args = control["args"]
     args["mlflow_tracking_uri"] = tracking_uri
     args["poll_interval_s"] = 2
-    args["keep_previous_s"] = 30
+    args["keep_previous_s"] = 90
     for name in TEST_MODELS:
         args["models"][name] = {
             "num_replicas": 1,

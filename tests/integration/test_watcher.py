@@ -254,11 +254,11 @@ def test_every_gateway_replica_routes_to_the_new_version_within_1s(
 
 
 def test_replaced_version_is_deleted_after_keep_previous(client: httpx.Client):
-    # keep_previous_s is 30 in the test stack: the version swapper left is retired after it.
+    # keep_previous_s is 90 in the test stack: the version swapper left is retired after it.
     # (Before the config test below: events live in the watcher, which that test restarts.)
     serving = _serving(client, "swapper")
     old = f"swapper-v{'1' if serving == '2' else '2'}"
-    wait_for(lambda: old not in serve.status().applications, 120, f"{old} to be deleted")
+    wait_for(lambda: old not in serve.status().applications, 200, f"{old} to be deleted")
     assert any(e["kind"] == "retire" for e in _events(client, "swapper"))
     assert client.post("/v1/models/swapper/predict", json=ROW).status_code == 200
 
