@@ -104,6 +104,9 @@ class RegistryWatcher:
         # Epochs are milliseconds, so a restarted watcher's tables outrank its predecessor's.
         self._table = RoutingTable(epoch=0)
         self._rebuilt = asyncio.Event()
+        # While the first pass rebuilds state, publish nothing: a half-rebuilt table would
+        # show models whose turn has not come yet as unready.
+        self._rebuilding = True
         self._published = asyncio.Event()
         self._wake = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -588,6 +591,10 @@ class RegistryWatcher:
                 first = False
             except Exception:  # keep reconciling: the next pass may find things back
                 logger.exception("reconcile pass failed")
+                if self._rebuilding:  # never hold tables back for good
+                    self._rebuilding = False
+                    self._publish()
+                    self._rebuilt.set()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._args.poll_interval_s)
@@ -605,6 +612,8 @@ class RegistryWatcher:
                 self._problems[name] = str(read)
             elif isinstance(read, list):
                 await self._reconcile_model(name, read, first)
+        if first:
+            self._rebuilding = False
         self._publish()
         if first:
             self._rebuilt.set()
@@ -935,6 +944,8 @@ class RegistryWatcher:
             logger.warning("could not tag %s v%s: %s", name, version, exc)
 
     def _publish(self) -> None:
+        if self._rebuilding:
+            return
         models = {}
         for name, state in self._states.items():
             config = self._args.models[name]
