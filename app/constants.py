@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+SERVER_NAME = "modellane"
+SERVER_VERSION = "0.1.0"
+
 # Applications and names
 CONTROL_APP_NAME = "modellane"
 GATEWAY_DEPLOYMENT = "Gateway"
 WATCHER_DEPLOYMENT = "RegistryWatcher"
 MODEL_SERVER_DEPLOYMENT = "ModelServer"
+LIMITER_DEPLOYMENT = "RateLimiter"
 
 # Roles (issue 4 adds challenger and shadow traffic; the names are fixed now).
 ROLE_CHAMPION = "champion"
@@ -22,6 +26,9 @@ ENV_MAX_BODY_BYTES = "MODELLANE_MAX_BODY_BYTES"
 # Defaults
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 DEFAULT_MAX_BODY_BYTES = 1_000_000
+DEFAULT_MAX_BATCH_ITEMS = 1000
+DEFAULT_MAX_STRING_CHARS = 20_000
+DEFAULT_MAX_JSON_DEPTH = 32
 DEFAULT_POLL_INTERVAL_S = 10.0
 DEFAULT_TABLE_WAIT_S = 30.0
 DEFAULT_DEPLOY_TIMEOUT_S = 600.0
@@ -39,6 +46,8 @@ TAG_WEIGHT = "modellane.weight"  # on a challenger version: its traffic weight i
 TAG_ROLLOUT = "modellane.rollout"  # on a challenger version: rollout status and step (JSON)
 TAG_ROLLOUT_RESULT = "modellane.rollout_result"  # on a version: promoted / rolled back, why
 TAG_FAILED_GATE = "modellane.failed_gate"  # on a version: the gate and figures that failed
+TAG_ROLLOUT_POLICY = "modellane.rollout_policy"  # on a challenger: its own policy (JSON)
+TAG_SHADOW_FRACTION = "modellane.shadow_fraction"  # on a shadow: its own share of requests
 
 DEFAULT_ROUTING_KEY_HEADER = "X-Routing-Key"
 ROLLOUT_TICK_S = 1.0

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from app.compare import ComparisonStats, compare_outputs
-from app.errors import ModellaneError, ModelNotFound, from_body
+from app.errors import ModellaneError, ModelNotFound, ModelUnavailable, from_body
 from app.routing import ModelRoutes, RoutingTable, Target
 from app.schemas import ModelList, PredictResponse
 from app.stats import ArmStats
@@ -41,6 +41,11 @@ class ModelBackend(Protocol):
     """
 
     async def predict(self, inputs: Any) -> dict[str, Any]: ...
+
+    async def metadata(self) -> dict[str, Any]:
+        """What the version takes and answers: ``inputs`` (``InputSpec.describe()``),
+        ``example_output`` (one row of an answer), ``platform``, ``embeddings``."""
+        ...
 
 
 BackendFactory = Callable[[Target], ModelBackend]
@@ -67,6 +72,8 @@ class DataPlane:
         #: model -> compared version -> cumulative comparison with the primary's answers
         self.comparisons: dict[str, dict[str, ComparisonStats]] = defaultdict(dict)
         self._mirrors_in_flight: dict[str, int] = defaultdict(int)
+        #: app name -> metadata of that version (versions never change once registered)
+        self._metadata: dict[str, dict[str, Any]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -112,11 +119,63 @@ class DataPlane:
             routes, routing_key=routing_key, forced_version=forced_version, rng=self._rng
         )
         answer, latency_s = await self._call(model, target, inputs)
-        response = PredictResponse(
-            model=target.model, version=target.version, outputs=answer["outputs"]
-        )
+        response = _response(target, answer)
         self._mirror(routes, target, inputs, response.outputs, latency_s)
         return response, target
+
+    async def predict_version(
+        self, model: str, version: str, inputs: Any
+    ) -> tuple[PredictResponse, Target]:
+        """Predict with one deployed version, named by the caller: no traffic policy, no mirror.
+
+        Raises:
+            ModellaneError: as :meth:`predict`; 404 also when that version is not deployed.
+        """
+        target = self.deployed(model, version)
+        answer, _ = await self._call(model, target, inputs)
+        return _response(target, answer), target
+
+    def deployed(self, model: str, version: str | None = None) -> Target:
+        """The routable target of ``version`` (any role), or the champion when ``None``.
+
+        Raises:
+            ModelNotFound: unknown model, or that version is not deployed in any role.
+            ModelUnavailable: no version given and no routable champion.
+        """
+        routes = self._table.models.get(model)
+        if routes is None:
+            raise ModelNotFound(f"model {model!r} is not served here", model=model)
+        targets = [t for t in (routes.champion, routes.challenger, routes.shadow) if t]
+        if version is None:
+            if routes.champion is None:
+                reason = routes.problem or "no healthy champion version yet"
+                raise ModelUnavailable(f"model {model!r} is not available: {reason}", model=model)
+            return routes.champion
+        for target in targets:
+            if target.version == version:
+                return target
+        deployed = ", ".join(f"{t.version} ({t.role})" for t in targets) or "none"
+        raise ModelNotFound(
+            f"version {version!r} of model {model!r} is not deployed (deployed: {deployed})",
+            model=model,
+            version=version,
+        )
+
+    def routable_versions(self, model: str) -> list[str]:
+        """Versions of ``model`` that take requests now, champion first."""
+        routes = self._table.models.get(model)
+        if routes is None:
+            raise ModelNotFound(f"model {model!r} is not served here", model=model)
+        targets = (routes.champion, routes.challenger, routes.shadow)
+        return [t.version for t in targets if t is not None]
+
+    async def metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
+        """Metadata of one deployed version (the champion by default), cached per version."""
+        target = self.deployed(model, version)
+        cached = self._metadata.get(target.app_name)
+        if cached is None:
+            cached = self._metadata[target.app_name] = await self._backend(target).metadata()
+        return cached
 
     async def _call(self, model: str, target: Target, inputs: Any) -> tuple[dict[str, Any], float]:
         started = time.perf_counter()
@@ -256,6 +315,15 @@ class DataPlane:
         if not self._table.models:
             return {"*": "no routing table received yet"}
         return self._table.unready()
+
+
+def _response(target: Target, answer: dict[str, Any]) -> PredictResponse:
+    return PredictResponse(
+        model=target.model,
+        version=target.version,
+        outputs=answer["outputs"],
+        usage=answer.get("usage"),
+    )
 
 
 __all__ = ["BackendFactory", "DataPlane", "ModelBackend"]

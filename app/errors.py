@@ -48,6 +48,20 @@ class BadRequest(ModellaneError):
     code = "bad_request"
 
 
+class Unauthorized(ModellaneError):
+    """No API key, or one that matches no configured key."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ModellaneError):
+    """A valid API key without the scope the endpoint needs."""
+
+    status = 403
+    code = "forbidden"
+
+
 class ModelNotFound(ModellaneError):
     status = 404
     code = "model_not_found"
@@ -58,6 +72,11 @@ class PayloadTooLarge(ModellaneError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(ModellaneError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class InvalidInput(ModellaneError):
     status = 422
     code = "invalid_input"
@@ -66,6 +85,17 @@ class InvalidInput(ModellaneError):
 class Conflict(ModellaneError):
     status = 409
     code = "conflict"
+
+
+class TooManyRequests(ModellaneError):
+    """Over the API key's rate limit; ``retry_after_s`` says when a request would pass."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after_s = retry_after_s
 
 
 class ModelFailed(ModellaneError):
@@ -82,9 +112,12 @@ _BY_STATUS: dict[int, type[ModellaneError]] = {
     cls.status: cls
     for cls in (
         BadRequest,
+        Unauthorized,
+        Forbidden,
         ModelNotFound,
         Conflict,
         PayloadTooLarge,
+        UnsupportedMediaType,
         InvalidInput,
         ModelFailed,
         ModelUnavailable,
@@ -123,3 +156,23 @@ def from_body(body: dict[str, Any]) -> ModellaneError:
     exc.status = int(err["status"])
     exc.code = str(err["code"])
     return exc
+
+
+def is_oip_path(path: str) -> bool:
+    """Whether ``path`` belongs to the Open Inference Protocol v2 endpoints."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def oip_error_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The common error body in the Open Inference Protocol's shape.
+
+    The protocol says ``{"error": "<message>"}``, and its clients (tritonclient) read
+    ``error`` as a string; the other fields of the common body stay beside it.
+    """
+    detail = body["error"]
+    return {"error": detail["message"], **{k: v for k, v in detail.items() if k != "message"}}
+
+
+def body_for_path(body: dict[str, Any], path: str) -> dict[str, Any]:
+    """The error body as the endpoint at ``path`` answers it."""
+    return oip_error_body(body) if is_oip_path(path) else body

@@ -6,24 +6,31 @@ Built as a plain FastAPI app by :func:`create_api`, so unit tests drive it in-pr
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import constants
+from app.access import STATE_KEY_NAME, AccessControl
+from app.auth import Authenticator
 from app.dataplane import DataPlane
-from app.errors import ModellaneError, PayloadTooLarge, error_body, from_body
+from app.errors import ModellaneError, body_for_path, error_body, from_body
 from app.events import Event
+from app.guard import BodySizeLimit, RequestGuard, check_batch
+from app.http_openai import add_embeddings_routes
+from app.http_v2 import add_oip_routes
+from app.ratelimit import RateLimiter
 from app.schemas import (
     ErrorResponse,
     Health,
@@ -31,21 +38,36 @@ from app.schemas import (
     ModelStatus,
     PredictRequest,
     PredictResponse,
+    PromoteRequest,
     RollbackResult,
     RolloutAction,
     TrafficRequest,
 )
+from app.settings import LimitSettings
 
 logger = logging.getLogger("modellane.http")
+CONSOLE_DIR = Path(__file__).parent / "console"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
         404: "Unknown model",
-        413: "Body over the size limit",
-        422: "Malformed inputs; `field` names the offender",
         500: "The model raised; the body names model and version",
         503: "No healthy version of the model",
+    }.items()
+}
+#: Answers any route may give: access control, rate limits and the hostile-input guards
+#: run before routing.
+_COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "A body that cannot be parsed at all",
+        401: "No API key, or an unknown one (header `Authorization: Bearer <key>`)",
+        403: "The API key lacks the scope this endpoint needs",
+        413: "Body over the size limit",
+        415: "Body of a content type other than JSON",
+        422: "Malformed request; `field` names the offender",
+        429: "Over the API key's rate limit; see the Retry-After header",
     }.items()
 }
 
@@ -59,6 +81,8 @@ class ControlPlane(Protocol):
     async def model_status(self, name: str) -> dict[str, Any]: ...
 
     async def rollback(self, name: str) -> dict[str, Any]: ...
+
+    async def promote(self, name: str, version: str) -> dict[str, Any]: ...
 
     async def events(self, model: str | None, since: int, limit: int) -> list[dict[str, Any]]: ...
 
@@ -87,10 +111,15 @@ class RequestRecord:
     status: int
     latency_s: float
     request_id: str | None
+    key_name: str | None = None
 
 
 Observer = Callable[[RequestRecord], None]
-_PREDICT_PATH = re.compile(r"^/v1/models/([^/]+)/predict$")
+_PREDICT_PATH = re.compile(
+    r"^/v1/models/([^/]+)/predict$|^/v2/models/([^/]+)/(?:versions/[^/]+/)?infer$"
+)
+#: Where a route names the model it served when the path does not (``/v1/embeddings``).
+STATE_MODEL = "modellane_model"
 
 
 class ObservePredictions:
@@ -101,10 +130,14 @@ class ObservePredictions:
         self.observer = observer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = _PREDICT_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
-        if match is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        match = _PREDICT_PATH.match(scope.get("path", ""))
+        if match is None and scope.get("path") != "/v1/embeddings":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
         started = time.perf_counter()
         seen: dict[str, Any] = {"status": 500, "headers": {}}
 
@@ -121,86 +154,21 @@ class ObservePredictions:
         finally:
             request_headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
             headers = seen["headers"]
+            model = (match.group(1) or match.group(2)) if match else state.get(STATE_MODEL)
             try:
                 self.observer(
                     RequestRecord(
-                        model=match.group(1),
+                        model=model or "",
                         version=headers.get(constants.HEADER_MODEL_VERSION.lower()),
                         role=headers.get(constants.HEADER_MODEL_ROLE.lower()),
                         status=int(seen["status"]),
                         latency_s=time.perf_counter() - started,
                         request_id=request_headers.get("x-request-id"),
+                        key_name=state.get(STATE_KEY_NAME),
                     )
                 )
             except Exception:  # observing must never break serving
                 logger.exception("request observer failed")
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class BodySizeLimit:
-    """Answer 413 to any body over ``limit`` bytes, declared or streamed, before it is parsed."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for key, value in scope.get("headers", []):
-            if key == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await self._reject(send)
-                return
-
-        seen = 0
-        too_large = False
-        rejected = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen, too_large
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    too_large = True
-                    raise _BodyTooLarge
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            # Frameworks turn an exception raised while reading the body into their own
-            # 400; once the limit was crossed, answer our 413 in place of whatever they say.
-            nonlocal rejected
-            if not too_large:
-                await send(message)
-            elif not rejected and message["type"] == "http.response.start":
-                rejected = True
-                await self._reject(send)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except _BodyTooLarge:
-            if not rejected:
-                rejected = True
-                await self._reject(send)
-
-    async def _reject(self, send: Send) -> None:
-        err = PayloadTooLarge(f"request body is larger than the limit of {self.limit} bytes")
-        body = json.dumps(err.body()).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": err.status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
 
 
 def _field_of(loc: tuple[Any, ...]) -> str:
@@ -219,52 +187,66 @@ def create_api(
     replica: str = "local",
     routing_key_header: str = constants.DEFAULT_ROUTING_KEY_HEADER,
     observer: Observer | None = None,
+    limits: LimitSettings | None = None,
+    authenticator: Authenticator | None = None,
+    limiter: RateLimiter | None = None,
 ) -> FastAPI:
-    """The gateway's FastAPI app over ``dataplane`` (and ``control`` for /admin)."""
+    """The gateway's FastAPI app over ``dataplane`` (and ``control`` for /admin).
+
+    Without an ``authenticator`` every endpoint is open: only tests build it so; the
+    gateway deployment always passes one, and /admin then always needs an admin key.
+    """
+    limits = limits or LimitSettings()
     api = FastAPI(
         title="modellane gateway",
         summary="Models from the MLflow registry, served on Ray Serve.",
-        version="0.1.0",
-        # Accept a JSON body sent with no Content-Type at all.
+        version=constants.SERVER_VERSION,
+        # Accept a JSON body sent with no Content-Type at all (a wrong one gets 415).
         strict_content_type=False,
+        responses=_COMMON_ERRORS,
     )
+    # Added innermost first: observe > access control > body size > content and shape.
+    api.add_middleware(RequestGuard, limits=limits)
     api.add_middleware(BodySizeLimit, limit=max_body_bytes)
+    if authenticator is not None:
+        api.add_middleware(AccessControl, authenticator=authenticator, limiter=limiter)
     if observer is not None:
-        api.add_middleware(ObservePredictions, observer=observer)  # outermost: sees 413s too
+        api.add_middleware(ObservePredictions, observer=observer)  # outermost: sees 4xx too
+
+    def answer(
+        request: Request, body: dict[str, Any], status: int, headers: Any = None
+    ) -> JSONResponse:
+        return JSONResponse(body_for_path(body, request.url.path), status, headers=headers)
 
     @api.exception_handler(ModellaneError)
-    async def _modellane_error(_: Request, exc: ModellaneError) -> JSONResponse:
+    async def _modellane_error(request: Request, exc: ModellaneError) -> JSONResponse:
         headers = {}
         if exc.role is not None and exc.version is not None:  # a version answered, with an error
             headers[constants.HEADER_MODEL_VERSION] = exc.version
             headers[constants.HEADER_MODEL_ROLE] = exc.role
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        return answer(request, exc.body(), exc.status, headers)
 
     @api.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid body"}
         if first.get("type") == "json_invalid":
             message, field = "request body is not valid JSON", "body"
         else:
             field = _field_of(tuple(first.get("loc", ("body",))))
             message = f"{field}: {first.get('msg', 'invalid value')}"
-        return JSONResponse(error_body(422, "invalid_input", message, field=field), 422)
+        return answer(request, error_body(422, "invalid_input", message, field=field), 422)
 
     @api.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(
-            error_body(exc.status_code, code, str(exc.detail)),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        body = error_body(exc.status_code, code, str(exc.detail))
+        return answer(request, body, exc.status_code, getattr(exc, "headers", None))
 
     @api.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error in the gateway")
-        return JSONResponse(
-            error_body(500, "internal_error", f"internal error: {type(exc).__name__}"), 500
-        )
+        body = error_body(500, "internal_error", f"internal error: {type(exc).__name__}")
+        return answer(request, body, 500)
 
     @api.post(
         "/v1/models/{name}/predict",
@@ -275,6 +257,11 @@ def create_api(
     async def predict(
         name: str, request: PredictRequest, response: Response, http: Request
     ) -> PredictResponse:
+        rows = request.inputs
+        check_batch(
+            len(next(iter(rows.values()), [])) if isinstance(rows, dict) else len(rows),
+            limits.max_batch_items,
+        )
         result, target = await dataplane.predict(
             name,
             request.inputs,
@@ -306,6 +293,11 @@ def create_api(
             return JSONResponse(error_body(503, "not_ready", f"not ready: {reasons}"), 503)
         return Health(status="ready", detail={n: "ok" for n in dataplane.table.models})
 
+    # The operator's web console: static files; its data comes from /admin with the key
+    # the operator types in, so the page itself is public.
+    api.mount("/console", StaticFiles(directory=CONSOLE_DIR, html=True), name="console")
+    add_oip_routes(api, dataplane, limits, routing_key_header)
+    add_embeddings_routes(api, dataplane, limits, routing_key_header)
     if control is not None:
         _add_admin_routes(api, dataplane, control, replica)
     return api
@@ -333,6 +325,19 @@ def _add_admin_routes(
     )
     async def rollback(name: str) -> dict[str, Any]:
         return _unwrap(await control.rollback(name))
+
+    @api.post(
+        "/admin/models/{name}/promote",
+        response_model=RollbackResult,
+        responses={
+            404: {"model": ErrorResponse, "description": "Unknown model or version"},
+            409: {"model": ErrorResponse, "description": "That version is the champion"},
+        },
+        summary="Move alias champion to a version, in MLflow, and follow the switch",
+        tags=["admin"],
+    )
+    async def promote(name: str, body: PromoteRequest) -> dict[str, Any]:
+        return _unwrap(await control.promote(name, body.version))
 
     @api.put(
         "/admin/models/{name}/traffic",

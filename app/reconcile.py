@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from app import constants
 from app.registry import Desired
+from app.rollout import RolloutPolicy
 from app.routing import Target
 
 #: Seconds to wait before trying a failed version again: 5, 10, 30, then every 60.
@@ -45,6 +46,10 @@ class ModelState:
     retire_at: dict[str, float] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)
     deploying: str | None = None
+    #: The challenger's own rollout policy (tag ``modellane.rollout_policy``), if it has one.
+    policy: RolloutPolicy | None = None
+    #: The shadow's own share of requests (tag ``modellane.shadow_fraction``), if it has one.
+    shadow_fraction: float | None = None
 
     def serving_apps(self) -> set[str]:
         """Applications that serve a role now."""

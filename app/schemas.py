@@ -44,6 +44,8 @@ class PredictResponse(BaseModel):
     model: str = Field(..., description="Registered model name.")
     version: str = Field(..., description="Model version that answered.")
     outputs: list[Any] = Field(..., description="One output per input row.")
+    #: Tokens the model read, where it reports them (internal: the embeddings API's usage).
+    usage: dict[str, int] | None = Field(default=None, exclude=True)
 
 
 class ErrorDetail(BaseModel):
@@ -128,6 +130,14 @@ class RollbackResult(BaseModel):
     switched: bool = Field(..., description="Whether the switch happened before the answer.")
     switch_s: float = Field(..., description="Seconds from the call to the switch.")
     status: ModelStatus
+
+
+class PromoteRequest(BaseModel):
+    """Body of ``POST /admin/models/{name}/promote``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": "3"}]})
+
+    version: str = Field(..., min_length=1, max_length=64, description="Version to promote.")
 
 
 class TrafficRequest(BaseModel):

@@ -13,14 +13,36 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app import constants
+from app.auth import AuthSettings
 from app.drift import DriftSettings
 from app.rollout import RolloutPolicy
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class ModelDeploymentConfig(BaseModel):
-    """How the replicas of every version application of one model are placed and sized."""
+class BatchSettings(BaseModel):
+    """Dynamic batching of one model's replicas: the deployment's ``user_config``, so a
+    change reaches running replicas (``reconfigure``) without a restart."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Most requests one model call takes together (1: no batching).",
+    )
+    batch_wait_timeout_s: float = Field(
+        default=0.01,
+        ge=0,
+        le=10,
+        description="How long the first request of a batch waits for more to join it.",
+    )
+
+
+class ModelDeploymentConfig(BatchSettings):
+    """How the replicas of every version application of one model are placed and sized
+    (and batched: the fields of :class:`BatchSettings`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -37,9 +59,10 @@ class ModelDeploymentConfig(BaseModel):
         default=0.0, ge=0, description="GPUs per replica; fractions such as 0.25 share a device."
     )
     max_ongoing_requests: int = Field(
-        default=8, ge=1, description="Requests one replica may hold at once."
+        default=8,
+        ge=1,
+        description="Requests one replica may hold at once; at least max_batch_size.",
     )
-
     rollout: RolloutPolicy | None = Field(
         default=None,
         description="Progressive rollout of a new challenger; without one, the challenger's "
@@ -62,13 +85,25 @@ class ModelDeploymentConfig(BaseModel):
     def _one_scaling_mode(self) -> ModelDeploymentConfig:
         if self.num_replicas is not None and self.autoscaling_config is not None:
             raise ValueError("set num_replicas or autoscaling_config, not both")
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least "
+                f"max_batch_size ({self.max_batch_size}): a replica must be able to hold "
+                "a full batch"
+            )
         return self
+
+    def batch_settings(self) -> BatchSettings:
+        return BatchSettings.model_validate(
+            self.model_dump(include=set(BatchSettings.model_fields))
+        )
 
     def deployment_options(self) -> dict[str, Any]:
         """The keyword arguments for ``Deployment.options`` of this model's ModelServer."""
         options: dict[str, Any] = {
             "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
             "max_ongoing_requests": self.max_ongoing_requests,
+            "user_config": self.batch_settings().model_dump(),
         }
         if self.autoscaling_config is not None:
             options["autoscaling_config"] = self.autoscaling_config
@@ -81,10 +116,34 @@ def _default_tracking_uri() -> str:
     return os.environ.get(constants.ENV_TRACKING_URI, constants.DEFAULT_TRACKING_URI)
 
 
+class LimitSettings(BaseModel):
+    """Bounds on what one request may carry (beyond ``max_body_bytes``); over them, a 4xx."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_items: int = Field(
+        default=constants.DEFAULT_MAX_BATCH_ITEMS,
+        ge=1,
+        description="Most rows (records, texts, tensor elements along the batch axis) in one "
+        "request; more get 422.",
+    )
+    max_string_chars: int = Field(
+        default=constants.DEFAULT_MAX_STRING_CHARS,
+        ge=1,
+        description="Longest string anywhere in a request body; longer get 422.",
+    )
+    max_json_depth: int = Field(
+        default=constants.DEFAULT_MAX_JSON_DEPTH,
+        ge=2,
+        description="Deepest nesting of JSON arrays and objects in a request body; deeper get 422.",
+    )
+
+
 class AppArgs(BaseModel):
     """Arguments of the control application (gateway + registry watcher)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # A key pasted by mistake where a hash belongs must not be echoed in an error.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     mlflow_tracking_uri: str = Field(
         default_factory=_default_tracking_uri,
@@ -99,6 +158,15 @@ class AppArgs(BaseModel):
         default=constants.DEFAULT_MAX_BODY_BYTES,
         gt=0,
         description="Largest request body the gateway accepts; larger bodies get 413.",
+    )
+    limits: LimitSettings = Field(
+        default_factory=LimitSettings,
+        description="Batch size, string length and nesting limits of request bodies.",
+    )
+    auth: AuthSettings = Field(
+        default_factory=AuthSettings,
+        description="API keys (stored as SHA-256 hashes) with scopes and rate limits. /admin "
+        "always needs an admin key; prediction needs a predict key unless turned off.",
     )
     poll_interval_s: float = Field(
         default=constants.DEFAULT_POLL_INTERVAL_S,

@@ -69,6 +69,11 @@ class InputSpec:
         }
 
 
+#: The input name of a text model whose signature column has no name (as in Open Inference
+#: Protocol metadata: every input tensor needs one).
+TEXT_INPUT_NAME = "text"
+
+
 def parse_inputs(spec: InputSpec, inputs: Any) -> pd.DataFrame | list[str]:
     """Validate ``inputs`` and convert them to what the model's ``predict`` takes.
 
@@ -76,8 +81,21 @@ def parse_inputs(spec: InputSpec, inputs: Any) -> pd.DataFrame | list[str]:
         InvalidInput: naming the offending field.
     """
     if spec.kind == "text":
-        return _parse_text(inputs)
+        return _parse_text(_text_column(spec, inputs))
     return _parse_tabular(spec, inputs)
+
+
+def _text_column(spec: InputSpec, inputs: Any) -> Any:
+    """A text model also takes its one column as a dict ``{name: [texts]}``."""
+    if not isinstance(inputs, dict):
+        return inputs
+    name = spec.columns[0].name or TEXT_INPUT_NAME
+    if list(inputs) != [name]:
+        raise InvalidInput(
+            f"a text model takes one input named {name!r}, got {sorted(map(str, inputs))}",
+            field="inputs",
+        )
+    return inputs[name]
 
 
 def _parse_text(inputs: Any) -> list[str]:
@@ -129,12 +147,20 @@ def _parse_tabular(spec: InputSpec, inputs: Any) -> pd.DataFrame:
                 continue
             _check_value(col, row[col.name], field)
 
-    frame = pd.DataFrame.from_records(rows, columns=names)
+    # Column by column, each built once with its dtype: several times faster than
+    # from_records followed by astype (this is on every request's path).
+    data: dict[str, Any] = {}
     for col in spec.columns:
+        assert col.name is not None
+        values = [row.get(col.name) for row in rows]
         dtype = _DTYPES.get(col.type)
-        if dtype and col.required:
-            frame[col.name] = frame[col.name].astype(dtype)
-    return frame
+        if not (dtype and col.required):
+            data[col.name] = pd.Series(values)
+        elif dtype == "object":  # kept as object: pandas would make it its own string dtype
+            data[col.name] = pd.Series(values, dtype=object)
+        else:
+            data[col.name] = np.asarray(values, dtype=dtype)
+    return pd.DataFrame(data, columns=names)
 
 
 def _columns_to_records(columns: dict[str, Any]) -> list[dict[str, Any]]:

@@ -30,9 +30,15 @@ class HandleBackend:
         return cls(target)
 
     async def predict(self, inputs: Any) -> dict[str, Any]:
+        return await self._call("predict", inputs)
+
+    async def metadata(self) -> dict[str, Any]:
+        return await self._call("metadata")
+
+    async def _call(self, method: str, *args: Any) -> dict[str, Any]:
         where = {"model": self.target.model, "version": self.target.version}
         try:
-            answer: dict[str, Any] = await self._handle.predict.remote(inputs)
+            answer: dict[str, Any] = await getattr(self._handle, method).remote(*args)
         except (BackPressureError, DeploymentUnavailableError, RayActorError) as exc:
             raise ModelUnavailable(
                 f"model {self.target.model} version {self.target.version} is unavailable: "

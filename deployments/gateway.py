@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -12,8 +13,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from app import constants
+from app.auth import Authenticator, KeyStore
 from app.dataplane import DataPlane
 from app.http import RequestRecord, create_api
+from app.ratelimit import LeaseFn, RateLimiter
 from app.routing import RoutingTable
 from app.settings import AppArgs
 from deployments.backends import HandleBackend
@@ -36,6 +39,9 @@ class WatcherControl:
 
     async def rollback(self, name: str) -> dict[str, Any]:
         return await self._watcher.rollback.remote(name)
+
+    async def promote(self, name: str, version: str) -> dict[str, Any]:
+        return await self._watcher.promote.remote(name, version)
 
     async def events(self, model: str | None, since: int, limit: int) -> list[dict[str, Any]]:
         return await self._watcher.events.remote(model, since, limit)
@@ -62,9 +68,19 @@ class WatcherControl:
 )
 @serve.ingress()
 class Gateway:
-    async def __init__(self, watcher: DeploymentHandle, args: dict[str, Any]) -> None:  # type: ignore[misc]
+    async def __init__(  # type: ignore[misc]
+        self,
+        watcher: DeploymentHandle,
+        args: dict[str, Any],
+        limiter: DeploymentHandle | None = None,
+    ) -> None:
         self._args = AppArgs.model_validate(args)
         self._watcher = watcher
+        # Keys are read here, from the config and the environment, as hashes only.
+        self._authenticator = Authenticator(
+            self._args.auth, KeyStore.from_settings(self._args.auth)
+        )
+        self._limiter = RateLimiter(_lease_over(limiter)) if limiter is not None else None
         self._replica = serve.get_replica_context().replica_id.unique_id
         self.dataplane = DataPlane(backend_for=HandleBackend.for_target)
         # Take the first table before this replica reports healthy, so that a replica
@@ -89,11 +105,16 @@ class Gateway:
             replica=self._replica,
             routing_key_header=self._args.routing_key_header,
             observer=self._observe,
+            limits=self._args.limits,
+            authenticator=self._authenticator,
+            limiter=self._limiter,
         )
 
     def _observe(self, record: RequestRecord) -> None:
         """Metrics and one JSON access-log line per prediction request."""
         request_id = record.request_id or _serve_request_id()
+        if not record.model:  # rejected before a model was named (e.g. 401 on embeddings)
+            record = dataclasses.replace(record, model="-")
         tags = {
             "model": record.model,
             "version": record.version or "",
@@ -114,6 +135,7 @@ class Gateway:
                     "role": record.role,
                     "status": record.status,
                     "latency_ms": round(record.latency_s * 1000, 2),
+                    "key": record.key_name,
                     "replica": self._replica,
                 }
             )
@@ -171,6 +193,16 @@ class Gateway:
                     metrics.shadow_latency_ratio.set(stats.latency_ratio, tags=tags)
                 metrics.shadow_dropped.set(stats.dropped, tags=tags)
                 metrics.shadow_errors.set(stats.errors + stats.timeouts, tags=tags)
+
+
+def _lease_over(limiter: DeploymentHandle) -> LeaseFn:
+    """The rate limiter's lease call, over its deployment handle."""
+
+    async def lease(key: str, rate_per_s: float, burst: int, want: int) -> tuple[int, float]:
+        granted, retry_after_s = await limiter.lease.remote(key, rate_per_s, burst, want)
+        return int(granted), float(retry_after_s)
+
+    return lease
 
 
 def _serve_request_id() -> str | None:

@@ -15,11 +15,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import ray
 from ray import serve
+from starlette.requests import Request
 
 from app import constants
 from app.drift import BASELINE_ARTIFACT, Baseline, DriftMonitor
 from app.errors import InvalidInput, ModelFailed, ModellaneError
+from app.settings import BatchSettings
 from app.validation import InputSpec, parse_inputs, to_jsonable
 from deployments.metrics import model_metrics
 
@@ -53,6 +56,8 @@ class ModelServer:
             artifact_uri=f"models:/{model}/{version}", tracking_uri=tracking_uri
         )
         self._model = mlflow.pyfunc.load_model(local)
+        #: "cuda" where Ray gave this replica a GPU (num_gpus > 0) and torch sees it, else "cpu".
+        self.device = _place(self._model, ray.get_gpu_ids())
         signature = self._model.metadata.signature
         if signature is None:
             raise RuntimeError(f"{model} v{version} has no signature; log it with one")
@@ -61,14 +66,22 @@ class ModelServer:
         if example is None:
             raise RuntimeError(f"{model} v{version} has no input example to validate it with")
         self.example = _example_as_inputs(self.spec, example)
+        #: Where the model came from, e.g. "mlflow.sklearn" (OIP metadata's "platform").
+        self.flavor = str(getattr(self._model, "loader_module", None) or "mlflow.pyfunc")
+        self._tokenizer, self._max_tokens = _tokenizer_of(self._model, self.spec)
+        self.max_batch_size = 1  # until reconfigure() says otherwise
         self.load_s = time.monotonic() - started
         self._drift = DriftMonitor(_load_baseline(model, version, tracking_uri), drift_window)
 
+        self._predict_fn: Any = self._model.predict
         answer = self._predict(self.example)  # warm-up + validation: fail here, never on traffic
         if "error" in answer:
             raise RuntimeError(
                 f"{model} v{version} failed on its own input example: {answer['error']['message']}"
             )
+        self._predict_fn = _fast_predict(self._model, self.spec, self.example, answer["outputs"])
+        #: One row of the answer to the input example: the shape of every answer (metadata).
+        self.example_output = answer["outputs"][:1]
         self.warmup_s = time.monotonic() - started - self.load_s
         self._tags = {"model": model, "version": version}
         metrics = model_metrics()
@@ -85,14 +98,43 @@ class ModelServer:
 
     async def predict(self, inputs: Any) -> dict[str, Any]:
         """Validate and predict; errors come back as the common error body, never raised."""
+        if self.max_batch_size > 1:
+            return await self._predict_batched(inputs)
         # The model is CPU- or GPU-bound: keep the replica's event loop free for others.
         return await asyncio.to_thread(self._predict, inputs)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _predict_batched(self, requests: list[Any]) -> list[dict[str, Any]]:
+        """Requests that arrive together go through the model in one call (``@serve.batch``;
+        the sizes come from ``reconfigure``)."""
+        return await asyncio.to_thread(self._predict_many, requests)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Batching settings (the deployment's ``user_config``), changed without a restart."""
+        settings = BatchSettings.model_validate(config or {})
+        self.max_batch_size = settings.max_batch_size
+        self._predict_batched.set_max_batch_size(settings.max_batch_size)  # type: ignore[attr-defined]
+        self._predict_batched.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)  # type: ignore[attr-defined]
+
+    async def __call__(self, request: Request) -> dict[str, Any]:
+        """Plain HTTP straight to this version, where its application has a route prefix
+        (only ``scripts/bench.py`` gives one, to measure the gateway against it)."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return InvalidInput("request body is not valid JSON", field="body").body()
+        return await self.predict(body.get("inputs") if isinstance(body, dict) else None)
 
     def metadata(self) -> dict[str, Any]:
         return {
             "model": self.model_name,
             "version": self.version,
             "inputs": self.spec.describe(),
+            "example_output": self.example_output,
+            "platform": self.flavor,
+            "device": self.device,
+            "embeddings": self.flavor == _EMBEDDINGS_FLAVOR,
+            "max_batch_size": self.max_batch_size,
             "load_s": self.load_s,
             "warmup_s": self.warmup_s,
         }
@@ -121,30 +163,155 @@ class ModelServer:
         }
 
     def _predict(self, inputs: Any) -> dict[str, Any]:
-        where = {"model": self.model_name, "version": self.version}
-        try:
-            data = parse_inputs(self.spec, inputs)
-        except InvalidInput as exc:
-            exc.model, exc.version = self.model_name, self.version
-            return exc.body()
+        return self._predict_many([inputs])[0]
+
+    def _predict_many(self, requests: list[Any]) -> list[dict[str, Any]]:
+        """Answer each request's ``inputs``: the valid ones through the model in one call."""
+        answers: list[dict[str, Any]] = [{} for _ in requests]
+        valid: list[tuple[int, Any]] = []
+        for i, inputs in enumerate(requests):
+            try:
+                valid.append((i, parse_inputs(self.spec, inputs)))
+            except InvalidInput as exc:
+                exc.model, exc.version = self.model_name, self.version
+                answers[i] = exc.body()
+        if len(valid) > 1:
+            outputs, _ = self._run(_concat([data for _, data in valid]))
+            if outputs is not None:
+                start = 0
+                for i, data in valid:
+                    answers[i] = self._answer(data, outputs[start : start + len(data)])
+                    start += len(data)
+                return answers
+        # One request, or a batch the model refused: each on its own, so that one request's
+        # failure never becomes another's.
+        for i, data in valid:
+            answers[i] = self._answer(data, *self._run(data))
+        return answers
+
+    def _run(self, data: Any) -> tuple[list[Any] | None, Exception | None]:
+        """The model's outputs for ``data``, or the exception it raised."""
         started = time.perf_counter()
         try:
-            outputs = to_jsonable(self._model.predict(data))
+            outputs = to_jsonable(self._predict_fn(data))
+            if len(outputs) != len(data):
+                raise ValueError(f"{len(outputs)} outputs for {len(data)} input rows")
         except Exception as exc:  # a model's failure is the client's 500, never the replica's end
             logger.exception("%s v%s raised on predict", self.model_name, self.version)
-            err: ModellaneError = ModelFailed(
-                f"model {self.model_name} version {self.version} failed: "
-                f"{type(exc).__name__}: {str(exc)[:300]}",
-                **where,
-            )
-            return err.body()
+            return None, exc
         tags = getattr(self, "_tags", None)
         if tags is not None:  # not during warm-up
-            self._drift.observe(data)
             metrics = model_metrics()
             metrics.latency.observe(time.perf_counter() - started, tags=tags)
             metrics.batch_size.observe(len(data), tags=tags)
-        return {"outputs": outputs}
+        return outputs, None
+
+    def _answer(
+        self, data: Any, outputs: list[Any] | None, error: Exception | None = None
+    ) -> dict[str, Any]:
+        if outputs is None:
+            err: ModellaneError = ModelFailed(
+                f"model {self.model_name} version {self.version} failed: "
+                f"{type(error).__name__}: {str(error)[:300]}",
+                model=self.model_name,
+                version=self.version,
+            )
+            return err.body()
+        if getattr(self, "_tags", None) is not None:  # not during warm-up
+            self._drift.observe(data)
+        answer: dict[str, Any] = {"outputs": outputs}
+        tokens = self._count_tokens(data)
+        if tokens is not None:
+            answer["usage"] = {"prompt_tokens": tokens}
+        return answer
+
+    def _count_tokens(self, data: Any) -> int | None:
+        """Tokens the model read (text models with a tokenizer), for usage figures."""
+        if self._tokenizer is None or not isinstance(data, list):
+            return None
+        try:
+            ids = self._tokenizer(data, add_special_tokens=True)["input_ids"]
+            return int(sum(min(len(row), self._max_tokens) for row in ids))
+        except Exception:  # usage is a courtesy: never fail a prediction over it
+            return None
+
+
+_EMBEDDINGS_FLAVOR = "mlflow.sentence_transformers"
+
+
+def choose_device(gpu_ids: list[Any], cuda_available: bool) -> str:
+    """Where a replica runs its torch model: the GPU Ray assigned it, if torch sees one."""
+    return "cuda" if gpu_ids and cuda_available else "cpu"
+
+
+def _place(model: Any, gpu_ids: list[Any]) -> str:
+    """Move a torch model (sentence-transformers, transformers) onto the replica's GPU.
+
+    Ray sets CUDA_VISIBLE_DEVICES to the replica's share of a device (``num_gpus``, which
+    may be a fraction), so "cuda" is that device. Other models stay where they are.
+    """
+    try:
+        import torch
+
+        device = choose_device(gpu_ids, torch.cuda.is_available())
+    except ImportError:
+        return "cpu"
+    if device == "cpu":
+        return device
+    raw = model.get_raw_model() if hasattr(model, "get_raw_model") else None
+    target = getattr(raw, "model", raw)  # a transformers pipeline holds its model
+    if target is None or not hasattr(target, "to"):
+        return "cpu"
+    target.to(device)
+    if raw is not None and raw is not target and hasattr(raw, "device"):
+        raw.device = torch.device(device)  # the pipeline puts its inputs there
+    logger.info("model on %s (GPU ids %s)", device, gpu_ids)
+    return device
+
+
+def _fast_predict(model: Any, spec: InputSpec, example: Any, expected: list[Any]) -> Any:
+    """The flavor's own predict function, where it gives the same answer as ``predict``.
+
+    ``PyFuncModel.predict`` checks every input against the signature again (pandas copies,
+    a schema walk, ``inspect.signature`` on each call), after ``parse_inputs`` has done the
+    same check; for a small model that doubles the time of a request. The direct function
+    is used only for models without parameters whose answer to the input example is the
+    same either way; anything else keeps ``predict``.
+    """
+    direct = getattr(model, "_predict_fn", None)
+    metadata = model.metadata
+    if direct is None or metadata.get_params_schema() is not None:
+        return model.predict
+    try:
+        if to_jsonable(direct(parse_inputs(spec, example))) == expected:
+            return direct
+    except Exception as exc:
+        logger.info("%s: predict() kept: %s", type(model).__name__, str(exc)[:200])
+    return model.predict
+
+
+def _concat(parts: list[Any]) -> Any:
+    """Several requests' parsed inputs as one model input (texts, or one frame)."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], list):
+        return [text for part in parts for text in part]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _tokenizer_of(model: Any, spec: InputSpec) -> tuple[Any, int]:
+    """The tokenizer of a text model and the most tokens it reads, where there is one."""
+    if spec.kind != "text":
+        return None, 0
+    try:
+        raw = model.get_raw_model()
+    except Exception:
+        return None, 0
+    tokenizer = getattr(raw, "tokenizer", None)
+    if tokenizer is None or not callable(tokenizer):
+        return None, 0
+    limit = getattr(raw, "max_seq_length", None) or getattr(tokenizer, "model_max_length", 0)
+    return tokenizer, int(limit) if limit and limit < 1_000_000 else 1_000_000
 
 
 def _load_baseline(model: str, version: str, tracking_uri: str) -> Baseline | None:

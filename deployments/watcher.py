@@ -26,9 +26,9 @@ import logging
 import os
 import re
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from importlib.metadata import version as package_version
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from ray import serve
@@ -53,6 +53,7 @@ from app.reconcile import (
     version_of_app,
 )
 from app.registry import Desired, RegisteredVersion, RegistryClient, desired_roles
+from app.rollout import RolloutPolicy
 from app.routing import ModelRoutes, RoutingTable, Target
 from app.schemas import (
     FailureInfo,
@@ -70,6 +71,14 @@ from deployments.model_server import ModelServer
 logger = logging.getLogger("ray.serve")
 
 _CODE_VERSION = package_version("modellane")
+T = TypeVar("T")
+
+
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"a fraction must be within 0..1, got {value:g}")
+    return value
 
 
 @serve.deployment(
@@ -155,6 +164,13 @@ class RegistryWatcher:
         """Move ``champion`` back to the previous champion in MLflow, then follow it."""
         try:
             return (await self._rollback(name)).model_dump()
+        except ModellaneError as exc:
+            return exc.body()
+
+    async def promote(self, name: str, version: str) -> dict[str, Any]:
+        """Move ``champion`` to ``version`` in MLflow, then follow the switch."""
+        try:
+            return (await self._promote_to(name, version)).model_dump()
         except ModellaneError as exc:
             return exc.body()
 
@@ -285,9 +301,7 @@ class RegistryWatcher:
             versions=self._versions.get(name, []),
             epoch=self._table.epoch,
             challenger=self._role_info(name, state.challenger, weight=state.weight),
-            shadow=self._role_info(
-                name, state.shadow, fraction=self._args.models[name].shadow_fraction
-            ),
+            shadow=self._role_info(name, state.shadow, fraction=self._shadow_fraction(name)),
             rollout=self._rollout_info(name),
         )
 
@@ -314,7 +328,7 @@ class RegistryWatcher:
 
     def _rollout_info(self, name: str) -> dict[str, Any] | None:
         rollout = self._rollouts.get(name)
-        policy = self._args.models[name].rollout
+        policy = self._policy(name)
         if rollout is None or policy is None:
             return None
         return {
@@ -371,7 +385,7 @@ class RegistryWatcher:
     async def _rollout_action(self, name: str, action: str) -> ModelStatus:
         state = self._state(name)
         rollout = self._rollouts.get(name)
-        policy = self._args.models[name].rollout
+        policy = self._policy(name)
         if rollout is None or policy is None or rollout.status not in (
             rollout_mod.RUNNING, rollout_mod.PAUSED
         ):  # fmt: skip
@@ -422,7 +436,7 @@ class RegistryWatcher:
 
     async def _tick_rollout(self, name: str) -> None:
         rollout = self._rollouts[name]
-        policy = self._args.models[name].rollout
+        policy = self._policy(name)
         state = self._states[name]
         if policy is None or rollout.status != rollout_mod.RUNNING or state.challenger is None:
             return
@@ -521,7 +535,7 @@ class RegistryWatcher:
         rollout = self._rollouts.get(name)
         if rollout is None:
             return
-        policy = self._args.models[name].rollout
+        policy = self._policy(name)
         weight = rollout.weight(policy) if policy else self._states[name].weight
         if rollout.status == rollout_mod.PAUSED:
             weight = self._states[name].weight
@@ -548,6 +562,27 @@ class RegistryWatcher:
                 )
         if target is None or target == current:
             raise Conflict(f"model {name!r} has no previous champion to roll back to", model=name)
+        return await self._move_champion(name, target, ev.ROLLBACK, "rollback asked", started)
+
+    async def _promote_to(self, name: str, version: str) -> RollbackResult:
+        state = self._state(name)
+        started = time.monotonic()
+        if version not in {v.version for v in self._versions.get(name, [])}:
+            raise ModelNotFound(
+                f"model {name!r} has no registered version {version!r}",
+                model=name,
+                version=version,
+            )
+        if state.champion is not None and state.champion.version == version:
+            raise Conflict(f"version {version} of {name!r} is the champion already", model=name)
+        return await self._move_champion(name, version, ev.PROMOTE, "promotion asked", started)
+
+    async def _move_champion(
+        self, name: str, target: str, kind: str, why: str, started: float
+    ) -> RollbackResult:
+        """Move alias ``champion`` to ``target``; answer once the table switched (or later)."""
+        state = self._state(name)
+        current = state.champion.version if state.champion else None
         try:
             await asyncio.to_thread(self._registry.set_champion, name, target)
         except Exception as exc:
@@ -557,10 +592,7 @@ class RegistryWatcher:
                 version=target,
             ) from exc
         self._events.add(
-            ev.ROLLBACK,
-            name,
-            target,
-            f"rollback asked: alias 'champion' moved v{current} -> v{target}",
+            kind, name, target, f"{why}: alias 'champion' moved v{current} -> v{target}"
         )
         self._wake.set()
         async with self._switched:
@@ -774,17 +806,18 @@ class RegistryWatcher:
             failure = record_failure(state, desired.version, reason, time.time())
             watcher_metrics().failed_loads.inc(tags={"model": name, "version": desired.version})
             logger.error("%s failed: %s", app_name, reason)
+            # The registry says it first, then the events: whoever sees the event finds the tag.
+            await self._tag_quietly(
+                name,
+                desired.version,
+                {constants.TAG_LOAD_ERROR: reason, constants.TAG_FAILED_AT: _iso(time.time())},
+            )
             self._events.add(ev.FAILURE, name, desired.version, f"{app_name} failed: {reason}")
             self._events.add(
                 ev.RETRY,
                 name,
                 desired.version,
                 f"attempt {failure.attempts + 1} in {failure.next_try_at - time.time():.0f}s",
-            )
-            await self._tag_quietly(
-                name,
-                desired.version,
-                {constants.TAG_LOAD_ERROR: reason, constants.TAG_FAILED_AT: _iso(time.time())},
             )
             with contextlib.suppress(Exception):  # free what the failed version holds
                 await asyncio.to_thread(serve.delete, app_name)
@@ -817,13 +850,23 @@ class RegistryWatcher:
             source=desired.source,
             loaded_at=time.time(),
         )
+        tags: dict[str, str] = {}
+        if role in (constants.ROLE_CHALLENGER, constants.ROLE_SHADOW):
+            with contextlib.suppress(Exception):
+                tags = await asyncio.to_thread(self._registry.version_tags, name, desired.version)
+        if role == constants.ROLE_SHADOW:
+            state.shadow_fraction = self._tagged(
+                name, desired.version, tags, constants.TAG_SHADOW_FRACTION, _fraction
+            )
+        if role == constants.ROLE_CHALLENGER:
+            state.policy = self._tagged(
+                name, desired.version, tags, constants.TAG_ROLLOUT_POLICY,
+                RolloutPolicy.model_validate_json,
+            )  # fmt: skip
         self._assign(name, role, target)
         if role != constants.ROLE_CHALLENGER:
             return
-        tags: dict[str, str] = {}
-        with contextlib.suppress(Exception):
-            tags = await asyncio.to_thread(self._registry.version_tags, name, desired.version)
-        policy = self._args.models[name].rollout
+        policy = self._policy(name)
         if policy is None:
             with contextlib.suppress(ValueError, KeyError):
                 state.weight = min(100.0, max(0.0, float(tags[constants.TAG_WEIGHT])))
@@ -854,6 +897,30 @@ class RegistryWatcher:
         self._publish()
         await self._save_rollout(name)
 
+    def _policy(self, name: str) -> RolloutPolicy | None:
+        """The rollout policy of the model's challenger: its own tag's, else the config's."""
+        return self._states[name].policy or self._args.models[name].rollout
+
+    def _shadow_fraction(self, name: str) -> float:
+        """The shadow's share of requests: its own tag's, else the config's."""
+        fraction = self._states[name].shadow_fraction
+        return self._args.models[name].shadow_fraction if fraction is None else fraction
+
+    def _tagged(
+        self, name: str, version: str, tags: dict[str, str], tag: str, parse: Callable[[str], T]
+    ) -> T | None:
+        """A version's setting from its tag ``tag``; a bad value is an event, and ignored."""
+        raw = tags.get(tag)
+        if raw is None:
+            return None
+        try:
+            return parse(raw)
+        except (ValueError, TypeError) as exc:
+            self._events.add(
+                ev.FAILURE, name, version, f"tag {tag} ignored, not valid: {str(exc)[:300]}"
+            )
+            return None
+
     def _assign(self, name: str, role: str, target: Target | None) -> None:
         state = self._states[name]
         replaced = assign_role(state, role, target, time.time(), self._args.keep_previous_s)
@@ -863,8 +930,8 @@ class RegistryWatcher:
             )
             self._events.add(
                 ev.SWITCH, name, target.version,
-                f"{role}: v{replaced.version if replaced else None} -> v{target.version} "
-                f"({target.source})",
+                f"{role}: {f'v{replaced.version}' if replaced else 'none'} -> "
+                f"v{target.version} ({target.source})",
             )  # fmt: skip
         elif replaced is not None:
             self._events.add(ev.SWITCH, name, replaced.version, f"{role} role removed")
@@ -904,7 +971,8 @@ class RegistryWatcher:
             )
         else:
             how = "rollback" if was_previous else "switch"
-            message = f"{how}: v{old} -> v{desired.version} ({desired.source})"
+            before = f"v{old}" if old is not None else "none"
+            message = f"{how}: {before} -> v{desired.version} ({desired.source})"
             self._events.add(ev.SWITCH, name, desired.version, message)
             tags = {
                 constants.TAG_SWITCHED_AT: _iso(time.time()),
@@ -949,14 +1017,14 @@ class RegistryWatcher:
         models = {}
         for name, state in self._states.items():
             config = self._args.models[name]
-            policy = config.rollout
+            policy = self._policy(name)
             models[name] = ModelRoutes(
                 name=name,
                 champion=state.champion,
                 challenger=state.challenger,
                 challenger_weight=state.weight if state.challenger else 0.0,
                 shadow=state.shadow,
-                shadow_fraction=config.shadow_fraction if state.shadow else 0.0,
+                shadow_fraction=self._shadow_fraction(name) if state.shadow else 0.0,
                 shadow_timeout_s=config.shadow_timeout_s,
                 shadow_max_in_flight=config.shadow_max_in_flight,
                 compare_challenger=bool(policy and policy.gates.min_agreement is not None),

@@ -9,6 +9,7 @@ Bounded in time; talks to 127.0.0.1 only by default.
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 from collections import Counter
@@ -29,7 +30,14 @@ def main() -> None:
     parser.add_argument("--gateway", default="http://127.0.0.1:8000")
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--key",
+        default=os.environ.get("MODELLANE_API_KEY"),
+        help="API key with the predict scope, where prediction needs one "
+        "(default: $MODELLANE_API_KEY)",
+    )
     args = parser.parse_args()
+    headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
 
     inputs = IRIS_ROWS if args.model in ("iris",) else TEXTS
     url = f"{args.gateway}/v1/models/{args.model}/predict"
@@ -38,7 +46,7 @@ def main() -> None:
     deadline = time.monotonic() + args.seconds
 
     def worker(offset: int) -> None:
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, headers=headers) as client:
             i = offset
             while time.monotonic() < deadline:
                 body = {"inputs": [inputs[i % len(inputs)]]}

@@ -6,10 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install.sh
-# A real Prometheus for the observability test (Debian's package), where missing.
-if ! command -v prometheus >/dev/null; then
-  echo "[test] installing Debian's prometheus"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+# A real Prometheus for the observability test, and a real browser for the console test
+# (Debian's packages), where missing.
+missing=()
+command -v prometheus >/dev/null || missing+=(prometheus)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "[test] installing Debian's ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 source scripts/env.sh
 unset RAY_ADDRESS  # the suite starts its own Ray; never attach it to a running stack

@@ -49,11 +49,26 @@ python scripts/register_demo_models.py --tracking-uri "$MLFLOW_TRACKING_URI" --i
 
 # 3. Ray head, with token authentication on its dashboard and REST API.
 ray get-auth-token --generate >/dev/null
+
+# The gateway's API keys, for local development: an admin key made once and kept in
+# .run/admin.key (mode 600); Ray's processes get only its hash. Prediction is left open
+# here (MODELLANE_PREDICT_AUTH=off); outside local development it needs a key.
+if [ ! -s "$RUN/admin.key" ] || [ ! -s "$RUN/api_keys.json" ]; then
+  ( umask 077
+    python -m app.auth new --name local-admin --scopes admin 2>/dev/null > "$RUN/admin.new"
+    head -1 "$RUN/admin.new" > "$RUN/admin.key"
+    echo "[$(tail -1 "$RUN/admin.new")]" > "$RUN/api_keys.json"
+    rm -f "$RUN/admin.new" )
+fi
+MODELLANE_API_KEYS="$(cat "$RUN/api_keys.json")"
+export MODELLANE_API_KEYS
+export MODELLANE_PREDICT_AUTH="${MODELLANE_PREDICT_AUTH:-off}"
 if alive "$RUN/ray.pid" || ray status --address "127.0.0.1:$RAY_GCS_PORT" >/dev/null 2>&1; then
   echo "[up] Ray head already running"
 else
   echo "[up] starting the Ray head"
   setsid nohup ray start --head --block --disable-usage-stats \
+    --node-ip-address 127.0.0.1 \
     --port "$RAY_GCS_PORT" --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
     --metrics-export-port "$METRICS_EXPORT_PORT" --num-cpus 4 \
     >"$RUN/ray.log" 2>&1 < /dev/null &
@@ -77,6 +92,7 @@ modellane is up.
   gateway        $GATEWAY          (e.g. curl $GATEWAY/v1/models)
   OpenAPI docs   $GATEWAY/docs
   Ray dashboard  http://127.0.0.1:$DASHBOARD_PORT   (token: ray get-auth-token)
+  admin API key  in $RUN/admin.key   (curl -H "Authorization: Bearer \$(cat $RUN/admin.key)" ...)
   MLflow UI      http://127.0.0.1:$MLFLOW_PORT
 For the CLIs (serve status, ray, mlflow): source scripts/env.sh
 Stop everything: scripts/down.sh

@@ -7,7 +7,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.auth import generate_key
+
 REPO = Path(__file__).resolve().parents[1]
+
+#: API keys of the integration test stack, new for every run (only their hashes go into
+#: its configuration): an admin key, a predict key, and a predict key with a low limit.
+ADMIN_KEY, PREDICT_KEY, LIMITED_KEY = generate_key(), generate_key(), generate_key()
+LIMITED_RATE_PER_S, LIMITED_BURST = 2.0, 4
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
+PREDICT_HEADERS = {"Authorization": f"Bearer {PREDICT_KEY}"}
 
 
 def wait_for(

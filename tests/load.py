@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+from tests.helpers import PREDICT_HEADERS
+
 
 @dataclass
 class Sample:
@@ -54,7 +56,9 @@ class Load:
         min_requests: int = 0,
         until: Callable[[], bool] = lambda: True,
         max_s: float = 120.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
+        self.headers = PREDICT_HEADERS if headers is None else headers
         self.url, self.concurrency = url, concurrency
         self.bodies = body if isinstance(body, list) else [body]
         self.min_requests, self.until, self.max_s = min_requests, until, max_s
@@ -90,7 +94,7 @@ class Load:
     async def _main(self) -> None:
         deadline = time.monotonic() + self.max_s
         limits = httpx.Limits(max_connections=self.concurrency)
-        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        async with httpx.AsyncClient(timeout=30, limits=limits, headers=self.headers) as client:
 
             async def worker(offset: int) -> None:
                 sent = offset

@@ -25,7 +25,17 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import REPO, wait_for
+from app.auth import hash_key
+from tests.helpers import (
+    ADMIN_HEADERS,
+    ADMIN_KEY,
+    LIMITED_BURST,
+    LIMITED_KEY,
+    LIMITED_RATE_PER_S,
+    PREDICT_KEY,
+    REPO,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +88,8 @@ class MlflowServer:
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
         )  # fmt: skip
         log.close()
-        wait_for(self.healthy, 120, "MLflow server")
+        # Seconds on an idle machine; minutes on a loaded one (its imports are heavy).
+        wait_for(self.healthy, 300, "MLflow server")
 
     def healthy(self) -> bool:
         try:
@@ -282,6 +293,20 @@ def control_config(tracking_uri: str, http_port: int, **changes: Any) -> dict[st
             "num_cpus": 0.1,
             **TEST_MODEL_SETTINGS.get(name, {}),
         }
+    args["auth"] = {
+        "predict_requires_key": True,
+        "keys": [
+            {"name": "ops", "sha256": hash_key(ADMIN_KEY), "scopes": ["admin"]},
+            {"name": "app", "sha256": hash_key(PREDICT_KEY), "scopes": ["predict"]},
+            {
+                "name": "limited",
+                "sha256": hash_key(LIMITED_KEY),
+                "scopes": ["predict"],
+                "rate_per_s": LIMITED_RATE_PER_S,
+                "burst": LIMITED_BURST,
+            },
+        ],
+    }
     args.update(changes)
     for deployment in control["deployments"]:
         if deployment["name"] == "Gateway":
@@ -325,11 +350,11 @@ def gateway(serve_http: str, registry: str, webhook: WebhookReceiver) -> str:
 
 @pytest.fixture()
 def client(gateway: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway, timeout=60) as c:
+    with httpx.Client(base_url=gateway, timeout=60, headers=ADMIN_HEADERS) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def client_module(gateway: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway, timeout=60) as c:
+    with httpx.Client(base_url=gateway, timeout=60, headers=ADMIN_HEADERS) as c:
         yield c

@@ -74,13 +74,15 @@ def test_every_dashboard_expression_returns_series(
     canary = mlflow.get_model_version_by_alias("canary", "champion").version
     mlflow.set_registered_model_alias("canary", "challenger", "1" if canary != "1" else "2")
     client.post("/admin/reload")
-    wait_for(
-        lambda: (
-            (client.get("/admin/models/swapper").json().get("shadow") or {}).get("version") == "1"
-        ),
-        240,
-        "the shadow",
-    )
+
+    def shadow_beside_champion() -> bool:
+        status = client.get("/admin/models/swapper").json()
+        return (
+            status["serving_version"] == "2" and (status.get("shadow") or {}).get("version") == "1"
+        )
+
+    # Both: requests served by v1 itself are never mirrored to v1.
+    wait_for(shadow_beside_champion, 300, "the shadow v1 beside champion v2")
     Load(f"{gateway}/v1/models/swapper/predict", ROW, concurrency=4, min_requests=200).run()
     Load(f"{gateway}/v1/models/canary/predict", ROW, concurrency=4, min_requests=200).run()
     client.post("/v1/models/iris/predict", json={"inputs": [{"bad": 1}]})  # a 4xx

@@ -113,7 +113,9 @@ def test_shadow_never_changes_the_clients_answer_or_latency(
         assert set(on.versions()) == {"1"}  # the client's answer comes from the champion
         p95_off, p95_on = _p95(off), _p95(on)
         print(f"\nshadow v{version}: p95 {p95_off * 1000:.0f}ms off, {p95_on * 1000:.0f}ms on")
-        assert p95_on < 0.5 and p95_on <= 3 * p95_off + 0.1
+        # A shadow that hangs for 5 s or raises must not show in the client's latency:
+        # compared with the same load without a shadow, in the same run.
+        assert p95_on <= 3 * p95_off + 0.1
         comparison = wait_for(
             lambda: (_status(client_module, "shadowed")["shadow"] or {}).get("comparison"),
             10,

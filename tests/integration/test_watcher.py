@@ -139,6 +139,23 @@ def test_no_previous_version_is_409(client: httpx.Client):
     assert client.post("/admin/models/nope/rollback").status_code == 404
 
 
+def test_promote_by_admin_api_moves_the_alias_and_follows_the_switch(
+    client: httpx.Client, registry: str
+):
+    current = _serving(client, "swapper")
+    other = "1" if current == "2" else "2"
+    answer = client.post("/admin/models/swapper/promote", json={"version": other})
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert (result["from_version"], result["to_version"]) == (current, other)
+    assert result["switched"] and result["status"]["serving_version"] == other
+    assert MlflowClient(registry).get_model_version_by_alias("swapper", "champion").version == other
+    again = client.post("/admin/models/swapper/promote", json={"version": other})
+    assert again.status_code == 409
+    unknown = client.post("/admin/models/swapper/promote", json={"version": "999"})
+    assert unknown.status_code == 404
+
+
 def test_promotion_through_stage_production(client: httpx.Client, registry: str):
     MlflowClient(registry).transition_model_version_stage(
         "stageonly", "2", "Production", archive_existing_versions=True

@@ -64,6 +64,21 @@ class FakeControl:
             status=ModelStatus(**status_of(name, "2")),
         ).model_dump()
 
+    async def promote(self, name: str, version: str) -> dict[str, Any]:
+        self.calls.append(("promote", name, version))
+        if name not in self.statuses:
+            return ModelNotFound(f"model {name!r} is not served here", model=name).body()
+        if version == "3":
+            return Conflict(f"version 3 of {name!r} is the champion already", model=name).body()
+        return RollbackResult(
+            name=name,
+            from_version="3",
+            to_version=version,
+            switched=True,
+            switch_s=0.5,
+            status=ModelStatus(**status_of(name, version)),
+        ).model_dump()
+
     async def events(self, model: str | None, since: int, limit: int) -> list[dict[str, Any]]:
         self.calls.append(("events", model, since, limit))
         return self.events_answer
@@ -339,3 +354,26 @@ def test_rollout_actions_reach_the_control_plane(api: FastAPI, control: FakeCont
     resp = request(api, "POST", "/admin/models/m/rollout/explode")
     assert resp.status_code == 422
     assert_error(request(api, "POST", "/admin/models/nope/rollout/pause"), 404, "model_not_found")
+
+
+def test_promote_moves_the_champion_through_the_control_plane(
+    api: FastAPI, control: FakeControl
+) -> None:
+    resp = request(api, "POST", "/admin/models/m/promote", json={"version": "4"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["to_version"] == "4" and resp.json()["switched"] is True
+    assert ("promote", "m", "4") in control.calls
+    assert_error(
+        request(api, "POST", "/admin/models/m/promote", json={"version": "3"}), 409, "conflict"
+    )
+    assert_error(
+        request(api, "POST", "/admin/models/x/promote", json={"version": "4"}),
+        404,
+        "model_not_found",
+    )
+    assert_error(
+        request(api, "POST", "/admin/models/m/promote", json={}),
+        422,
+        "invalid_input",
+        field="version",
+    )

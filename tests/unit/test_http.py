@@ -30,6 +30,17 @@ class FakeBackend:
         self.calls: list[Any] = []
         self.answer: dict[str, Any] | None = None  # None: echo the row count
         self.raises: Exception | None = None
+        self.meta: dict[str, Any] = {
+            "inputs": {"kind": "tabular", "columns": [{"name": "a", "type": "double"}]},
+            "example_output": [0],
+            "platform": "mlflow.sklearn",
+            "embeddings": False,
+        }
+        self.metadata_calls = 0
+
+    async def metadata(self) -> dict[str, Any]:
+        self.metadata_calls += 1
+        return self.meta
 
     async def predict(self, inputs: Any) -> dict[str, Any]:
         self.calls.append(inputs)
@@ -379,7 +390,7 @@ def test_readyz_follows_table_updates(backends: Backends) -> None:
 
 
 def test_unknown_route_is_404_with_common_body(api: FastAPI) -> None:
-    assert_error(request(api, "GET", "/v2/nothing"), 404, "not_found", model=None)
+    assert_error(request(api, "GET", "/v1/nothing"), 404, "not_found", model=None)
 
 
 def test_wrong_method_is_405_with_common_body(api: FastAPI) -> None:

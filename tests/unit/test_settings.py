@@ -35,7 +35,22 @@ def test_model_deployment_defaults() -> None:
         "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.0},
         "max_ongoing_requests": 8,
         "num_replicas": 1,
+        "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.01},
     }
+
+
+def test_batching_reaches_the_user_config_and_needs_room_for_a_full_batch() -> None:
+    cfg = ModelDeploymentConfig(
+        max_batch_size=32, batch_wait_timeout_s=0.005, max_ongoing_requests=64
+    )
+    assert cfg.deployment_options()["user_config"] == {
+        "max_batch_size": 32,
+        "batch_wait_timeout_s": 0.005,
+    }
+    with pytest.raises(ValidationError, match="must be at least max_batch_size"):
+        ModelDeploymentConfig(max_batch_size=32, max_ongoing_requests=16)
+    with pytest.raises(ValidationError):
+        ModelDeploymentConfig(max_batch_size=0)
 
 
 def test_fractional_gpu_is_accepted_and_reaches_ray_actor_options() -> None:

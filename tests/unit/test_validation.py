@@ -241,9 +241,17 @@ def test_text_single_string_is_rejected(text: InputSpec) -> None:
     assert "not one string" in err.message
 
 
-@pytest.mark.parametrize("inputs", [[], {"text": ["a"]}, None, 3])
+@pytest.mark.parametrize("inputs", [[], {"text": []}, {"text": "a"}, {"other": ["a"]}, None, 3])
 def test_text_empty_or_non_list_is_rejected(text: InputSpec, inputs: Any) -> None:
     assert invalid(text, inputs).field == "inputs"
+
+
+def test_text_one_named_column_is_accepted(text: InputSpec) -> None:
+    # The Open Inference Protocol sends each input as a named tensor; unnamed -> "text".
+    assert parse_inputs(text, {"text": ["a", "b"]}) == ["a", "b"]
+    named = InputSpec(kind="text", columns=(ColumnSpec(name="sentence", type="string"),))
+    assert parse_inputs(named, {"sentence": ["a"]}) == ["a"]
+    assert "'sentence'" in invalid(named, {"text": ["a"]}).message
 
 
 @pytest.mark.parametrize("bad", [1, None, ["nested"], {"text": "a"}, b"bytes"])

@@ -1,0 +1,411 @@
+// modellane console: every served model, live, from the gateway's admin API.
+// Plain JavaScript, no build step, no hosted assets. The operator's admin key stays in
+// sessionStorage (this tab only) and goes out as "Authorization: Bearer <key>".
+"use strict";
+
+(() => {
+  const REFRESH_MS = 2000;
+  const KEY_STORE = "modellane.adminKey";
+  // The gateway may sit under a route prefix: the API lives beside /console.
+  const BASE = location.pathname.replace(/\/console(\/.*)?$/, "");
+
+  const $ = (id) => document.getElementById(id);
+  const state = { timer: null, cards: new Map(), eventsSig: "", promoteApi: false, busy: false };
+
+  class AuthError extends Error {}
+
+  // -- DOM helpers: text only, never HTML from the server ----------------------------------
+
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name === "class") el.className = value;
+      else if (name === "testid") el.dataset.testid = value;
+      else if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+      else if (name === "style") el.setAttribute("style", value);
+      else el.setAttribute(name, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return el;
+  }
+
+  const fmt = (value, digits = 3) =>
+    value === null || value === undefined ? "-" : typeof value === "number" ? value.toFixed(digits) : String(value);
+  const pct = (value) => `${Math.round(Number(value || 0) * 10) / 10}%`;
+  const clock = (unix) => (unix ? new Date(unix * 1000).toLocaleTimeString() : "-");
+
+  function show(id, text, isError) {
+    const el = $(id);
+    el.textContent = text || "";
+    el.hidden = !text;
+    if (id === "notice") el.className = isError ? "banner error" : "banner";
+  }
+
+  // -- the admin API -----------------------------------------------------------------------
+
+  async function api(method, path, body) {
+    const key = sessionStorage.getItem(KEY_STORE);
+    if (!key) throw new AuthError("enter an admin key");
+    const init = { method, headers: { Authorization: `Bearer ${key}` } };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(BASE + path, init);
+    } catch (err) {
+      throw new Error(`cannot reach the gateway (${err.message})`);
+    }
+    let data = null;
+    try {
+      data = await response.json();
+    } catch (_) {
+      data = null;
+    }
+    if (!response.ok) {
+      const error = data && data.error;
+      const message = typeof error === "string" ? error : (error && error.message) || response.statusText;
+      const text = `${response.status} ${message}`;
+      if (response.status === 401 || response.status === 403) throw new AuthError(text);
+      const err = new Error(text);
+      err.status = response.status;
+      throw err;
+    }
+    return data;
+  }
+
+  const enc = encodeURIComponent;
+
+  // -- rendering ---------------------------------------------------------------------------
+
+  function versionRows(status) {
+    const challenger = status.challenger || {};
+    const shadow = status.shadow || {};
+    const weight = Number(challenger.weight || 0);
+    const failures = Object.fromEntries((status.failures || []).map((f) => [f.version, f]));
+    const versions = new Map((status.versions || []).map((v) => [v.version, v]));
+    for (const extra of [status.deploying, status.previous_version, ...Object.keys(failures)]) {
+      if (extra && !versions.has(extra)) versions.set(extra, { version: extra, aliases: [], stage: null });
+    }
+    const ordered = [...versions.values()].sort((a, b) => Number(b.version) - Number(a.version));
+    return ordered.map((v) => {
+      let role = "", traffic = "", note = "";
+      if (v.version === status.serving_version) {
+        role = "champion"; traffic = pct(100 - weight); note = "serving";
+      } else if (v.version === challenger.version) {
+        role = "challenger"; traffic = pct(weight); note = "routable";
+      } else if (v.version === shadow.version) {
+        role = "shadow"; traffic = `mirror ${pct((shadow.fraction ?? 0) * 100)}`; note = "routable";
+      }
+      if (v.version === status.deploying) note = "deploying";
+      else if (failures[v.version]) {
+        const f = failures[v.version];
+        note = `failed ×${f.attempts}: ${f.reason} (retry in ${Math.round(f.next_try_in_s)}s)`;
+      } else if (v.version === status.previous_version) {
+        note = `previous champion (${status.previous_warm ? "warm" : "not deployed"})`;
+      }
+      const marks = [...(v.aliases || [])];
+      if (v.stage) marks.push(`stage ${v.stage}`);
+      return h("tr", { testid: `version-${status.name}-${v.version}` },
+        h("td", {}, `v${v.version}`),
+        h("td", {}, marks.join(", ")),
+        h("td", {}, role ? h("span", { class: `badge ${role}` }, role) : ""),
+        h("td", { class: "num" }, traffic),
+        h("td", { class: failures[v.version] ? "error" : "" }, note));
+    });
+  }
+
+  function trafficSplit(status) {
+    const challenger = status.challenger;
+    const weight = challenger ? Number(challenger.weight || 0) : 0;
+    const shadow = status.shadow;
+    return h("div", { testid: `traffic-${status.name}` },
+      h("div", { class: "split", role: "img",
+                 "aria-label": `champion ${pct(100 - weight)}, challenger ${pct(weight)}` },
+        h("div", { class: "champion", style: `width:${100 - weight}%` },
+          status.serving_version ? `v${status.serving_version} ${pct(100 - weight)}` : ""),
+        challenger && weight > 0
+          ? h("div", { class: "challenger", style: `width:${weight}%` }, `v${challenger.version} ${pct(weight)}`)
+          : null),
+      h("div", { class: "hint" },
+        challenger ? `challenger v${challenger.version} at ${pct(weight)}` : "no challenger",
+        " · ",
+        shadow ? `shadow v${shadow.version} mirrors ${pct((shadow.fraction ?? 0) * 100)} of requests` : "no shadow"));
+  }
+
+  function rolloutPart(status) {
+    const rollout = status.rollout;
+    if (!rollout) return h("p", { class: "muted", testid: `rollout-${status.name}` }, "no rollout");
+    const steps = rollout.steps || [];
+    const live = rollout.status === "running" || rollout.status === "paused";
+    return h("div", { testid: `rollout-${status.name}` },
+      h("p", {}, `v${rollout.version} `,
+        h("strong", { testid: `rollout-status-${status.name}` }, rollout.status.replace("_", " ")),
+        live ? ` · step ${rollout.step + 1} of ${steps.length} · weight ${pct(rollout.weight)}` : "",
+        rollout.reason ? ` · ${rollout.reason}` : ""),
+      h("div", { class: "steps" }, steps.map((s, i) =>
+        h("span", { class: i < rollout.step || rollout.status === "promoted" ? "done" : i === rollout.step && live ? "current" : "" }, pct(s)))),
+      (rollout.gates || []).length
+        ? h("table", {},
+          h("thead", {}, h("tr", {}, ["gate", "value", "limit", "passed", "detail"].map((c) => h("th", {}, c)))),
+          h("tbody", {}, rollout.gates.map((g) => h("tr", {},
+            h("td", {}, g.name), h("td", { class: "num" }, fmt(g.value)), h("td", { class: "num" }, fmt(g.limit)),
+            h("td", { class: g.passed ? "pass" : "fail" }, g.passed ? "yes" : "NO"), h("td", {}, g.detail || "")))))
+        : h("p", { class: "hint" }, "no gate figures yet"));
+  }
+
+  function comparisonPart(status) {
+    const rows = [];
+    for (const role of ["challenger", "shadow"]) {
+      const info = status[role];
+      const c = info && info.comparison;
+      if (!c) continue;
+      const figure = c.kind === "embedding" ? `cosine ${fmt(c.agreement)}`
+        : c.kind === "numeric" ? `agreement ${fmt(c.agreement)}, mean diff ${fmt(c.mean)}`
+        : `agreement ${fmt(c.agreement)}`;
+      rows.push(h("tr", {}, h("td", {}, role), h("td", {}, `v${info.version}`), h("td", { class: "num" }, c.compared),
+        h("td", { class: "num", testid: `agreement-${status.name}-${role}` }, figure),
+        h("td", { class: "num" }, fmt(c.latency_ratio, 2)),
+        h("td", { class: "num" }, `${c.errors} / ${c.timeouts} / ${c.dropped}`)));
+    }
+    if (!rows.length) return h("p", { class: "muted", testid: `comparison-${status.name}` }, "no answers compared yet");
+    return h("table", { testid: `comparison-${status.name}` },
+      h("thead", {}, h("tr", {}, ["role", "version", "compared", "figure", "latency ratio", "errors / timeouts / dropped"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, rows));
+  }
+
+  function driftPart(name, drift) {
+    const testid = `drift-${name}`;
+    if (!drift) return h("p", { class: "muted", testid }, "drift not available");
+    const features = drift.features || [];
+    if (!features.length) {
+      return h("p", { class: "muted", testid }, drift.baseline ? "no live figures yet" : "no baseline for this version");
+    }
+    return h("table", { testid },
+      h("thead", {}, h("tr", {}, ["feature", "PSI", "KL", "window", ""].map((c) => h("th", {}, c)))),
+      h("tbody", {}, features.map((f) => h("tr", {},
+        h("td", {}, f.feature), h("td", { class: "num" }, fmt(f.psi)), h("td", { class: "num" }, fmt(f.kl)),
+        h("td", { class: "num" }, f.window),
+        f.psi === null || f.psi === undefined
+          ? h("td", { class: "muted" }, "too few values")
+          : h("td", { class: f.drifted ? "fail" : "pass" }, f.drifted ? "DRIFTED" : "ok")))));
+  }
+
+  function actions(status) {
+    const name = status.name;
+    const rollout = status.rollout || {};
+    const running = rollout.status === "running";
+    const paused = rollout.status === "paused";
+    const previous = status.previous_version;
+    const buttons = [
+      h("button", { type: "button", class: "danger", testid: `rollback-${name}`, disabled: !previous,
+                    title: previous ? `move alias champion back to v${previous}` : "no previous champion",
+                    onclick: () => act(name, "rollback", `Roll back ${name} from v${status.serving_version} to v${previous}?`) },
+        previous ? `Roll back to v${previous}` : "Roll back"),
+      h("button", { type: "button", testid: `pause-${name}`, disabled: !running,
+                    onclick: () => act(name, "pause") }, "Pause rollout"),
+      h("button", { type: "button", testid: `resume-${name}`, disabled: !paused,
+                    onclick: () => act(name, "resume") }, "Resume rollout"),
+      h("button", { type: "button", class: "danger", testid: `abort-${name}`, disabled: !(running || paused),
+                    onclick: () => act(name, "abort", `Abort the rollout of ${name} v${rollout.version}? Its weight drops to 0.`) },
+        "Abort rollout"),
+    ];
+    const challenger = status.challenger;
+    if (challenger && state.promoteApi) {
+      buttons.push(h("button", { type: "button", testid: `promote-${name}`,
+        onclick: () => act(name, "promote", `Promote ${name} v${challenger.version} to champion?`, { version: challenger.version }) },
+      `Promote v${challenger.version}`));
+    } else if (challenger) {
+      buttons.push(h("span", { class: "hint", testid: `promote-hint-${name}` },
+        "promote: ", h("code", {}, `modellane promote ${name} ${challenger.version}`)));
+    }
+    return h("div", { class: "actions" }, buttons);
+  }
+
+  function card(status, drift) {
+    const name = status.name;
+    const health = status.health;
+    return h("article", { class: "card", testid: `model-${name}` },
+      h("div", { class: "model-head" },
+        h("h2", {}, name),
+        status.serving_version
+          ? h("span", { class: "serving", testid: `serving-${name}` }, `v${status.serving_version}`)
+          : h("span", { class: "badge bad", testid: `serving-${name}` }, "no champion"),
+        h("span", { class: "muted" }, status.source || ""),
+        h("span", { class: "muted" }, `since ${clock(status.loaded_at)}`),
+        h("span", { class: health && health.status === "RUNNING" ? "pass" : "fail", testid: `health-${name}` },
+          health ? `${health.status} · replicas: ${Object.entries(health.replicas || {}).map(([s, n]) => `${n} ${s.toLowerCase()}`).join(", ") || "none"}` : "no healthy champion")),
+      status.problem ? h("p", { class: "error" }, status.problem) : null,
+      trafficSplit(status),
+      h("div", { class: "grid" },
+        h("div", {}, h("h3", {}, "Versions"),
+          h("table", { testid: `versions-${name}` },
+            h("thead", {}, h("tr", {}, ["version", "aliases / stage", "role", "traffic", "state"].map((c) => h("th", {}, c)))),
+            h("tbody", {}, versionRows(status)))),
+        h("div", {}, h("h3", {}, "Rollout"), rolloutPart(status))),
+      h("div", { class: "grid" },
+        h("div", {}, h("h3", {}, "Shadow and challenger answers vs champion"), comparisonPart(status)),
+        h("div", {}, h("h3", {}, `Drift${drift && drift.version ? ` of v${drift.version}` : ""}`), driftPart(name, drift))),
+      actions(status));
+  }
+
+  function renderModels(views) {
+    const container = $("models");
+    const seen = new Set();
+    views.forEach(({ status, drift }, index) => {
+      seen.add(status.name);
+      // Re-render a card only when its data changed: a click never lands on a stale node.
+      const sig = JSON.stringify([status, drift, state.promoteApi]);
+      let entry = state.cards.get(status.name);
+      if (!entry || entry.sig !== sig) {
+        const el = card(status, drift);
+        if (entry) entry.el.replaceWith(el);
+        entry = { sig, el };
+        state.cards.set(status.name, entry);
+      }
+      if (container.children[index] !== entry.el) container.insertBefore(entry.el, container.children[index] || null);
+    });
+    for (const [name, entry] of state.cards) {
+      if (!seen.has(name)) { entry.el.remove(); state.cards.delete(name); }
+    }
+    applyFilter();
+  }
+
+  function applyFilter() {
+    const wanted = $("filter").value.trim().toLowerCase();
+    let shown = 0;
+    for (const [name, entry] of state.cards) {
+      entry.el.hidden = wanted !== "" && !name.toLowerCase().includes(wanted);
+      if (!entry.el.hidden) shown += 1;
+    }
+    $("count").textContent = wanted ? `${shown} of ${state.cards.size} models` : `${state.cards.size} models`;
+  }
+
+  function renderEvents(events) {
+    const sig = events.length ? `${events[events.length - 1].seq}/${events.length}` : "none";
+    if (sig === state.eventsSig) return;
+    state.eventsSig = sig;
+    const rows = [...events].reverse().map((e) => h("tr", { testid: "event" },
+      h("td", { class: "num" }, e.seq), h("td", {}, clock(e.time)), h("td", {}, e.model || "-"),
+      h("td", {}, e.version ? `v${e.version}` : "-"), h("td", {}, e.kind), h("td", {}, e.message)));
+    $("events-body").replaceChildren(...rows);
+    $("events-card").hidden = false;
+  }
+
+  // -- the loop ----------------------------------------------------------------------------
+
+  async function refresh() {
+    const list = await api("GET", "/v1/models");
+    const names = list.models.map((m) => m.name);
+    const [statuses, drifts, events] = await Promise.all([
+      Promise.all(names.map((n) => api("GET", `/admin/models/${enc(n)}`))),
+      Promise.all(names.map((n) => api("GET", `/admin/models/${enc(n)}/drift`).catch(() => null))),
+      api("GET", "/admin/events?limit=30"),
+    ]);
+    renderModels(statuses.map((status, i) => ({ status, drift: drifts[i] })));
+    renderEvents(events);
+    $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  }
+
+  async function tick() {
+    clearTimeout(state.timer);
+    try {
+      await refresh();
+      show("error", "");
+    } catch (err) {
+      if (err instanceof AuthError) return askForKey(`The gateway refused the key: ${err.message}. Enter an admin key.`);
+      show("error", `${err.message}; retrying every ${REFRESH_MS / 1000}s`);
+    }
+    state.timer = setTimeout(tick, REFRESH_MS);
+  }
+
+  async function act(name, action, question, body) {
+    if (state.busy) return;
+    if (question && !window.confirm(question)) return;
+    state.busy = true;
+    const paths = {
+      rollback: `/admin/models/${enc(name)}/rollback`,
+      promote: `/admin/models/${enc(name)}/promote`,
+      pause: `/admin/models/${enc(name)}/rollout/pause`,
+      resume: `/admin/models/${enc(name)}/rollout/resume`,
+      abort: `/admin/models/${enc(name)}/rollout/abort`,
+    };
+    show("notice", `${name}: ${action}…`);
+    try {
+      const answer = await api("POST", paths[action], body);
+      if (action === "rollback" || action === "promote") {
+        const when = answer.switched ? `switched in ${Number(answer.switch_s).toFixed(2)}s` : "switch under way";
+        show("notice", `${name}: v${answer.from_version} → v${answer.to_version}, ${when}`);
+      } else {
+        show("notice", `${name}: rollout ${action}d`);
+      }
+    } catch (err) {
+      if (err instanceof AuthError) { state.busy = false; return askForKey(`The gateway refused the key: ${err.message}.`); }
+      show("notice", `${name}: ${action} failed: ${err.message}`, true);
+    } finally {
+      state.busy = false;
+    }
+    tick();
+  }
+
+  function askForKey(message) {
+    clearTimeout(state.timer);
+    sessionStorage.removeItem(KEY_STORE);
+    $("key-form").hidden = false;
+    $("forget").hidden = true;
+    $("toolbar").hidden = true;
+    $("key-message").textContent = message || "";
+    $("updated").textContent = "not connected";
+    $("key-input").focus();
+  }
+
+  async function connect(event) {
+    event.preventDefault();
+    const key = $("key-input").value.trim();
+    if (!key) return;
+    sessionStorage.setItem(KEY_STORE, key);
+    $("key-input").value = "";
+    $("key-form").hidden = true;
+    $("forget").hidden = false;
+    $("toolbar").hidden = false;
+    $("key-message").textContent = "";
+    tick();
+  }
+
+  async function detectPromote() {
+    // A promote endpoint is not part of the admin API yet; offer the button once it is.
+    try {
+      const spec = await (await fetch(`${BASE}/openapi.json`)).json();
+      state.promoteApi = Boolean(spec.paths && spec.paths["/admin/models/{name}/promote"]);
+    } catch (_) {
+      state.promoteApi = false;
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", async () => {
+    $("key-form").addEventListener("submit", connect);
+    // ?model=NAME opens the console filtered to that model.
+    $("filter").value = new URLSearchParams(location.search).get("model") || "";
+    $("filter").addEventListener("input", applyFilter);
+    $("forget").addEventListener("click", () => {
+      $("models").replaceChildren();
+      state.cards.clear();
+      $("events-card").hidden = true;
+      state.eventsSig = "";
+      askForKey("");
+    });
+    await detectPromote();
+    if (sessionStorage.getItem(KEY_STORE)) {
+      $("forget").hidden = false;
+      $("toolbar").hidden = false;
+      tick();
+    } else {
+      askForKey("");
+    }
+  });
+})();
