@@ -58,6 +58,12 @@ class ModelDeploymentConfig(BatchSettings):
     num_gpus: float = Field(
         default=0.0, ge=0, description="GPUs per replica; fractions such as 0.25 share a device."
     )
+    max_replicas_per_node: int | None = Field(
+        default=None,
+        ge=1,
+        description="At most this many replicas of one version on a node (1 spreads them "
+        "over the cluster's nodes, so that one node's loss leaves the others serving).",
+    )
     max_ongoing_requests: int = Field(
         default=8,
         ge=1,
@@ -105,6 +111,8 @@ class ModelDeploymentConfig(BatchSettings):
             "max_ongoing_requests": self.max_ongoing_requests,
             "user_config": self.batch_settings().model_dump(),
         }
+        if self.max_replicas_per_node is not None:
+            options["max_replicas_per_node"] = self.max_replicas_per_node
         if self.autoscaling_config is not None:
             options["autoscaling_config"] = self.autoscaling_config
         else:

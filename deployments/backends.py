@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -14,6 +15,12 @@ from app.errors import ModelFailed, ModelUnavailable
 from app.routing import Target
 
 logger = logging.getLogger("ray.serve")
+
+#: Tries of one call when the replica that took it dies with it in flight. A prediction
+#: changes nothing, so sending it again (Serve routes it to a live replica) is safe; this is
+#: the server half of the retry policy in ``app.retry``.
+REPLICA_DEATH_TRIES = 3
+REPLICA_DEATH_BACKOFF_S = 0.05
 
 
 class HandleBackend:
@@ -37,19 +44,34 @@ class HandleBackend:
 
     async def _call(self, method: str, *args: Any) -> dict[str, Any]:
         where = {"model": self.target.model, "version": self.target.version}
-        try:
-            answer: dict[str, Any] = await getattr(self._handle, method).remote(*args)
-        except (BackPressureError, DeploymentUnavailableError, RayActorError) as exc:
-            raise ModelUnavailable(
-                f"model {self.target.model} version {self.target.version} is unavailable: "
-                f"{type(exc).__name__}",
-                **where,
-            ) from exc
-        except RayTaskError as exc:
-            logger.exception("call to %s failed", self.target.app_name)
-            raise ModelFailed(
-                f"model {self.target.model} version {self.target.version} failed: "
-                f"{type(exc.cause).__name__ if exc.cause else 'error'}",
-                **where,
-            ) from exc
-        return answer
+        for attempt in range(1, REPLICA_DEATH_TRIES + 1):
+            try:
+                answer: dict[str, Any] = await getattr(self._handle, method).remote(*args)
+                return answer
+            except RayActorError as exc:  # the replica died (or vanished) under this call
+                if attempt == REPLICA_DEATH_TRIES:
+                    raise ModelUnavailable(
+                        f"model {self.target.model} version {self.target.version} is "
+                        f"unavailable: its replicas died ({type(exc).__name__})",
+                        **where,
+                    ) from exc
+                logger.warning(
+                    "a replica of %s died during %s (%s); try %d of %d",
+                    self.target.app_name, method, type(exc).__name__,
+                    attempt + 1, REPLICA_DEATH_TRIES,
+                )  # fmt: skip
+                await asyncio.sleep(REPLICA_DEATH_BACKOFF_S * attempt)
+            except (BackPressureError, DeploymentUnavailableError) as exc:
+                raise ModelUnavailable(
+                    f"model {self.target.model} version {self.target.version} is unavailable: "
+                    f"{type(exc).__name__}",
+                    **where,
+                ) from exc
+            except RayTaskError as exc:
+                logger.exception("call to %s failed", self.target.app_name)
+                raise ModelFailed(
+                    f"model {self.target.model} version {self.target.version} failed: "
+                    f"{type(exc.cause).__name__ if exc.cause else 'error'}",
+                    **where,
+                ) from exc
+        raise AssertionError("unreachable")  # the loop returns or raises

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from app import retry
 from tests.helpers import PREDICT_HEADERS
 
 
@@ -22,6 +23,7 @@ class Sample:
     status: int  # 0: no HTTP answer at all
     version: str | None
     error: str | None = None
+    attempts: int = 1  # more than 1 where the client retry policy sent it again
 
 
 @dataclass
@@ -57,11 +59,13 @@ class Load:
         until: Callable[[], bool] = lambda: True,
         max_s: float = 120.0,
         headers: dict[str, str] | None = None,
+        retry_policy: bool = False,
     ) -> None:
         self.headers = PREDICT_HEADERS if headers is None else headers
         self.url, self.concurrency = url, concurrency
         self.bodies = body if isinstance(body, list) else [body]
         self.min_requests, self.until, self.max_s = min_requests, until, max_s
+        self.retry_policy = retry_policy  # follow app.retry, as a well-behaved client does
         self.result = LoadResult()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -102,15 +106,28 @@ class Load:
                     body = self.bodies[sent % len(self.bodies)]
                     sent += 1
                     started = time.time()
-                    try:
-                        answer = await client.post(self.url, json=body)
-                        sample = Sample(
-                            started, time.time(), answer.status_code,
-                            answer.headers.get("X-Model-Version"),
-                            None if answer.status_code == 200 else answer.text[:300],
-                        )  # fmt: skip
-                    except httpx.HTTPError as exc:
-                        sample = Sample(started, time.time(), 0, None, repr(exc))
+                    sample = await self._send(client, body, started)
                     self.result.samples.append(sample)
 
             await asyncio.gather(*(worker(i) for i in range(self.concurrency)))
+
+    async def _send(self, client: httpx.AsyncClient, body: Any, started: float) -> Sample:
+        attempt = 1
+        while True:
+            try:
+                answer = await client.post(self.url, json=body)
+            except httpx.HTTPError as exc:
+                status, text, retry_after = None, repr(exc), None
+                answer = None
+            else:
+                status, text = answer.status_code, answer.text
+                retry_after = answer.headers.get("retry-after")
+                if status == 200:
+                    version = answer.headers.get("X-Model-Version")
+                    return Sample(started, time.time(), 200, version, None, attempt)
+            retry_now = self.retry_policy and retry.should_retry(status, text)
+            if not retry_now or attempt >= retry.MAX_ATTEMPTS:
+                version = answer.headers.get("X-Model-Version") if answer is not None else None
+                return Sample(started, time.time(), status or 0, version, text[:300], attempt)
+            await asyncio.sleep(retry.delay_s(attempt, retry_after))
+            attempt += 1

@@ -44,10 +44,13 @@ IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 #: Models the test gateway serves besides the demo ones, with small replicas.
 TEST_MODELS = (
     "failing", "stageonly", "swapper", "broken", "abtest", "shadowed", "canary", "drifty",
+    "sturdy",
 )  # fmt: skip
 #: Per-model settings of the test stack beyond the replica defaults.
 TEST_MODEL_SETTINGS: dict[str, dict[str, Any]] = {
     "abtest": {"allow_version_override": True},
+    # sturdy: the fault tests kill one of its two replicas.
+    "sturdy": {"num_replicas": 2},
     "shadowed": {"shadow_fraction": 1.0, "shadow_timeout_s": 1.0, "shadow_max_in_flight": 4},
     "canary": {
         "rollout": {
@@ -181,10 +184,12 @@ def _register_test_models(uri: str) -> None:
                 pip_requirements=["mlflow", "pandas"],
             )
 
-    for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty"):
+    for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty", "sturdy"):
         client.create_registered_model(name)
     # drifty: iris v2 again; its run holds the training data's drift baseline.
     copy("drifty", iris)
+    # sturdy: iris v2 again, on two replicas (test_faults kills them).
+    copy("sturdy", iris)
     # swapper: iris v1 and v2 again, champion v1; the hot-swap tests move it.
     copy("swapper", weak)
     copy("swapper", iris)
@@ -202,7 +207,7 @@ def _register_test_models(uri: str) -> None:
     copy("canary", iris)
     copy("canary", iris)
     misbehaving("canary", "errors_on_share")
-    for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty"):
+    for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty", "sturdy"):
         client.set_registered_model_alias(name, "champion", "1")
 
 

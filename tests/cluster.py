@@ -1,0 +1,166 @@
+"""A multi-node Ray cluster on this machine with the modellane stack on it, for tests.
+
+Ray's own test tooling (``ray.cluster_utils.Cluster``) starts a head node and worker nodes
+as separate raylets on loopback, each with its own resources: to Ray and to Serve's
+scheduler they are different machines. One Python process holds the cluster (a process can
+be the driver of one Ray cluster only, and the test process already drives the suite's
+single-node one), so this module is run as a child process and steered by JSON lines on
+its standard input; :class:`ClusterProcess` is the test side.
+
+Commands: ``details`` (Serve's controller view: applications, replicas with their node and
+pid, and the nodes), ``remove_node`` (kill every process of a worker node, as a host that
+dies), ``restart`` (stop the whole stack, Ray included, and start it again from the same
+config: nothing survives but the MLflow registry), ``stop``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+NODE_ARGS: dict[str, Any] = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+WORKERS = 2
+
+
+def _start(config: dict[str, Any]) -> Any:
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={**NODE_ARGS, "include_dashboard": False},
+    )
+    for _ in range(WORKERS):
+        cluster.add_node(**NODE_ARGS)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    # One HTTP proxy, on the head: every node of this cluster shares the host's ports.
+    serve.start(proxy_location="HeadOnly", http_options=config["http_options"])
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+    return cluster
+
+
+def _stop(cluster: Any) -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _details(cluster: Any) -> dict[str, Any]:
+    import ray
+    from ray.serve.context import _get_global_client
+
+    return {
+        "serve": _get_global_client().get_serve_details(),
+        "head": cluster.head_node.node_id,
+        "workers": sorted(node.node_id for node in cluster.worker_nodes),
+        "alive": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),
+    }
+
+
+def _remove(cluster: Any, node_id: str) -> dict[str, Any]:
+    (node,) = [n for n in cluster.worker_nodes if n.node_id == node_id]
+    cluster.remove_node(node, allow_graceful=False)
+    return {"removed": node_id}
+
+
+def main(config_path: str) -> None:
+    import yaml
+
+    config = yaml.safe_load(Path(config_path).read_text())
+    cluster = _start(config)
+    _reply({"started": True})
+    for line in sys.stdin:
+        command = json.loads(line)
+        try:
+            op = command["op"]
+            if op == "details":
+                _reply(_details(cluster))
+            elif op == "remove_node":
+                _reply(_remove(cluster, command["node_id"]))
+            elif op == "restart":
+                _stop(cluster)
+                cluster = _start(config)
+                _reply({"restarted": True})
+            elif op == "stop":
+                break
+            else:
+                _reply({"error": f"unknown op {op!r}"})
+        except Exception as exc:  # report, and stay up for the next command
+            _reply({"error": f"{type(exc).__name__}: {exc}"})
+    _stop(cluster)
+
+
+def _reply(answer: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(answer, default=str) + "\n")
+    sys.stdout.flush()
+
+
+class ClusterProcess:
+    """The test side: start the child, send commands, read answers, stop it."""
+
+    def __init__(self, config_path: Path, log_path: Path, cwd: Path) -> None:
+        self._log = log_path.open("w")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "tests.cluster", str(config_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            cwd=cwd,
+            start_new_session=True,  # its Ray processes are ours to stop, by this group id
+        )
+        self._lock = threading.Lock()
+
+    def read(self, timeout_s: float) -> dict[str, Any]:
+        """The next answer; fail after ``timeout_s`` (the child's log says why)."""
+        assert self._process.stdout is not None
+        answer: list[str] = []
+        reader = threading.Thread(
+            target=lambda: answer.append(self._process.stdout.readline()),  # type: ignore[union-attr]
+            daemon=True,
+        )
+        reader.start()
+        reader.join(timeout_s)
+        if not answer or not answer[0]:
+            raise TimeoutError(f"no answer from the cluster process in {timeout_s}s")
+        parsed: dict[str, Any] = json.loads(answer[0])
+        if "error" in parsed:
+            raise RuntimeError(parsed["error"])
+        return parsed
+
+    def ask(self, op: str, timeout_s: float = 120, **args: Any) -> dict[str, Any]:
+        with self._lock:
+            assert self._process.stdin is not None
+            self._process.stdin.write(json.dumps({"op": op, **args}) + "\n")
+            self._process.stdin.flush()
+            return self.read(timeout_s)
+
+    def stop(self) -> None:
+        try:
+            if self._process.poll() is None:
+                assert self._process.stdin is not None
+                self._process.stdin.write(json.dumps({"op": "stop"}) + "\n")
+                self._process.stdin.close()
+                self._process.wait(timeout=90)
+        except (subprocess.TimeoutExpired, OSError, ValueError):
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait(timeout=30)
+        finally:
+            self._log.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

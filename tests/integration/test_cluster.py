@@ -1,0 +1,263 @@
+"""modellane on a Ray cluster of three nodes (a head and two workers, Ray's own multi-node
+test tooling on loopback), deployed from serve_config.yaml like on one machine, against the
+suite's MLflow server.
+
+Model ``spread`` runs 2 replicas with at most 1 per node. On that cluster: serving, a
+hot-swap and a canary rollout under load; a worker node removed under load (its replicas
+come back on the nodes that remain); and the whole stack stopped and started (Ray and Serve
+from nothing; the versions, the weight and the paused rollout come back from the registry).
+The tests run in file order on one cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from app import constants
+from app.auth import hash_key
+from tests.cluster import ClusterProcess
+from tests.helpers import ADMIN_HEADERS, ADMIN_KEY, REPO, wait_for
+from tests.integration.conftest import IRIS_COLUMNS
+from tests.integration.test_faults import record
+from tests.load import Load
+
+pytestmark = pytest.mark.integration
+
+MODEL = "spread"
+ROWS = [
+    {"inputs": [dict(zip(IRIS_COLUMNS, row, strict=True))]}
+    for row in ([5.1, 3.5, 1.4, 0.2], [6.3, 2.9, 5.6, 1.8], [5.9, 3.0, 4.2, 1.5])
+]
+POLICY = {
+    "steps": [50, 100],
+    "step_interval_s": 2,
+    "min_requests": 20,
+    "gates": {"max_error_rate_margin": 0.05, "max_p95_factor": 20, "min_agreement": 0.0},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _register(registry: str) -> None:
+    """spread v1, v2, v3: iris v1, v2, v2 again; champion v1."""
+    client = MlflowClient(registry)
+    client.create_registered_model(MODEL)
+    for source in ("1", "2", "2"):
+        iris = client.get_model_version("iris", source)
+        client.create_model_version(MODEL, source=f"models:/iris/{source}", run_id=iris.run_id)
+    client.set_registered_model_alias(MODEL, "champion", "1")
+
+
+@pytest.fixture(scope="module")
+def cluster(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """(ClusterProcess, gateway URL) of a 3-node cluster serving ``spread``."""
+    _register(registry)
+    directory = tmp_path_factory.mktemp("cluster")
+    port = _free_port()
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    (control,) = config["applications"]
+    control["args"].update(
+        {
+            "mlflow_tracking_uri": registry,
+            "poll_interval_s": 2,
+            "keep_previous_s": 30,
+            "auth": {
+                "predict_requires_key": False,
+                "keys": [{"name": "ops", "sha256": hash_key(ADMIN_KEY), "scopes": ["admin"]}],
+            },
+            "models": {
+                MODEL: {
+                    "num_replicas": 2,
+                    "num_cpus": 0.1,
+                    "max_replicas_per_node": 1,
+                    "rollout": POLICY,
+                }
+            },
+        }
+    )
+    config_path = directory / "serve_config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    process = ClusterProcess(config_path, directory / "cluster.log", REPO)
+    try:
+        process.read(timeout_s=300)  # started
+        gateway = f"http://127.0.0.1:{port}"
+        wait_for(
+            lambda: httpx.get(f"{gateway}/readyz", timeout=5).status_code == 200,
+            420,
+            "the cluster's gateway to be ready",
+            every_s=1,
+        )
+        yield process, gateway
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def admin(cluster: Any) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=cluster[1], timeout=60, headers=ADMIN_HEADERS) as client:
+        yield client
+
+
+def _status(admin: httpx.Client) -> dict[str, Any]:
+    answer = admin.get(f"/admin/models/{MODEL}")
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def _replica_nodes(process: ClusterProcess, version: str) -> list[str]:
+    """Node ids of the RUNNING replicas of ``spread`` version ``version``."""
+    details = process.ask("details")
+    app = details["serve"].get("applications", {}).get(constants.version_app_name(MODEL, version))
+    if not app:
+        return []
+    replicas = app["deployments"][constants.MODEL_SERVER_DEPLOYMENT]["replicas"]
+    return [r["node_id"] for r in replicas if r["state"] == "RUNNING"]
+
+
+def test_replicas_spread_over_nodes_and_serve(cluster: Any) -> None:
+    process, gateway = cluster
+    details = process.ask("details")
+    assert len(details["alive"]) == 3, details["alive"]
+    nodes = wait_for(lambda: len(n := _replica_nodes(process, "1")) == 2 and n, 120, "2 replicas")
+    assert len(set(nodes)) == 2, f"both replicas of {MODEL} v1 on one node: {nodes}"
+    result = Load(f"{gateway}/v1/models/{MODEL}/predict", ROWS, min_requests=60).run()
+    assert not result.failed, result.failed[:3]
+    assert set(result.versions()) == {"1"}
+
+
+def test_hot_swap_across_nodes_loses_no_request(cluster: Any, admin: httpx.Client, registry: str):
+    process, gateway = cluster
+    with Load(
+        f"{gateway}/v1/models/{MODEL}/predict",
+        ROWS,
+        concurrency=4,
+        min_requests=100,
+        until=lambda: _status(admin)["serving_version"] == "2",
+        max_s=300,
+    ) as load:
+        wait_for(lambda: load.done() >= 40, 60, "load under way")
+        MlflowClient(registry).set_registered_model_alias(MODEL, "champion", "2")
+    result = load.result
+    assert not result.failed, result.failed[:3]
+    assert _status(admin)["serving_version"] == "2"
+    assert result.versions()["1"] > 0 and result.versions()["2"] > 0
+    assert len(set(_replica_nodes(process, "2"))) == 2
+
+
+def test_canary_rollout_across_nodes_is_promoted(cluster: Any, admin: httpx.Client, registry: str):
+    _, gateway = cluster
+    with Load(
+        f"{gateway}/v1/models/{MODEL}/predict",
+        ROWS,
+        concurrency=4,
+        until=lambda: _status(admin)["serving_version"] == "3",
+        max_s=400,
+    ) as load:
+        wait_for(lambda: load.done() >= 20, 60, "load under way")
+        MlflowClient(registry).set_registered_model_alias(MODEL, "challenger", "3")
+    result = load.result
+    assert not result.failed, result.failed[:3]
+    status = _status(admin)
+    assert status["serving_version"] == "3", status
+    assert status["rollout"]["status"] == "promoted", status["rollout"]
+    assert result.versions()["3"] > 0
+
+
+def test_worker_node_removed_under_load_replicas_come_back(cluster: Any) -> None:
+    process, gateway = cluster
+    details = process.ask("details")
+    nodes = _replica_nodes(process, "3")
+    (victim,) = [n for n in nodes if n in details["workers"]][:1] or [None]
+    assert victim is not None, f"no replica of v3 on a worker node: {nodes}, {details}"
+    removed_at: list[float] = []
+    recovered_at: list[float] = []
+
+    def back() -> bool:
+        now = _replica_nodes(process, "3")
+        return len(now) == 2 and victim not in now
+
+    def until() -> bool:
+        if not removed_at and load.done() >= 60:
+            process.ask("remove_node", node_id=victim)
+            removed_at.append(time.monotonic())
+        elif removed_at and not recovered_at and back():
+            recovered_at.append(time.monotonic())
+        return bool(recovered_at) and load.done() >= 300
+
+    load = Load(
+        f"{gateway}/v1/models/{MODEL}/predict",
+        ROWS,
+        concurrency=4,
+        until=until,
+        max_s=400,
+        retry_policy=True,
+    )
+    result = load.run()
+    assert removed_at and recovered_at, "the replicas did not come back on the other nodes"
+    after = _replica_nodes(process, "3")
+    record("worker_node_removed", result, recovered_at[0] - removed_at[0], retry_policy="app.retry")
+    assert len(set(after)) == 2 and victim not in after
+    assert victim not in process.ask("details")["alive"]
+    assert not result.failed, result.failed[:3]
+
+
+def test_whole_stack_restart_brings_back_versions_weights_and_rollout(
+    cluster: Any, admin: httpx.Client, registry: str
+) -> None:
+    """A paused rollout (challenger v2 at the first step's weight) and champion v3: Ray and
+    Serve are stopped and started from nothing; the same state comes back."""
+    process, gateway = cluster
+    MlflowClient(registry).set_registered_model_alias(MODEL, "challenger", "2")
+    wait_for(
+        lambda: (
+            (_status(admin).get("rollout") or {}).get("version") == "2"
+            and _status(admin)["rollout"]["status"] == "running"
+        ),
+        300,
+        "the rollout of v2 started",
+    )
+    paused = admin.post(f"/admin/models/{MODEL}/rollout/pause")
+    assert paused.status_code == 200, paused.text
+    before = _status(admin)
+    assert before["rollout"]["status"] == "paused"
+
+    started = time.monotonic()
+    process.ask("restart", timeout_s=300)
+    wait_for(
+        lambda: httpx.get(f"{gateway}/readyz", timeout=5).status_code == 200,
+        420,
+        "the restarted stack to be ready",
+        every_s=1,
+    )
+    after = wait_for(
+        lambda: (s := _status(admin))["challenger"] and s["rollout"] and s,
+        300,
+        "the challenger back",
+    )
+    restart_s = time.monotonic() - started
+    result = Load(f"{gateway}/v1/models/{MODEL}/predict", ROWS, min_requests=60).run()
+    print(
+        "\n[fault] whole_stack_restart: "
+        + json.dumps({"ready_and_restored_s": round(restart_s, 1), "after": after["rollout"]})
+    )
+    assert after["serving_version"] == before["serving_version"] == "3"
+    assert after["challenger"]["version"] == "2"
+    assert after["challenger"]["weight"] == before["challenger"]["weight"]
+    assert after["rollout"]["status"] == "paused"
+    assert after["rollout"]["step"] == before["rollout"]["step"]
+    assert not result.failed, result.failed[:3]
+    assert set(result.versions()) <= {"2", "3"}

@@ -1,0 +1,207 @@
+"""Faults under continuous load, on the shared stack: a model replica's process killed, a
+gateway replica's process killed, the RegistryWatcher's process killed.
+
+Each test kills a real process (SIGKILL, by the pid Ray Serve reports for the replica)
+while a load runs, then records the failed requests and the recovery time. The figures are
+printed and written to ``tests/artifacts/faults.json``. Worker-node removal and a whole-stack
+restart need a cluster of their own: ``test_cluster.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app import constants
+from tests.helpers import wait_for
+from tests.integration.conftest import IRIS_COLUMNS
+from tests.load import Load, LoadResult
+
+pytestmark = pytest.mark.integration
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+ROW = {"inputs": [dict(zip(IRIS_COLUMNS, [5.1, 3.5, 1.4, 0.2], strict=True))]}
+
+
+def running_replicas(app: str, deployment: str) -> list[dict[str, Any]]:
+    """The RUNNING replicas of ``deployment`` in ``app``, as Serve's controller reports them
+    (pid, node, replica id)."""
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    app_details = details.get("applications", {}).get(app)
+    if not app_details:
+        return []
+    replicas = app_details["deployments"][deployment]["replicas"]
+    return [r for r in replicas if r["state"] == "RUNNING"]
+
+
+def kill_replica(replica: dict[str, Any]) -> None:
+    """SIGKILL the replica's process: no clean shutdown, as a crash or the OOM killer."""
+    os.kill(int(replica["pid"]), signal.SIGKILL)
+
+
+def record(name: str, result: LoadResult, recovery_s: float, **extra: Any) -> dict[str, Any]:
+    """Print the figures of a fault test and add them to tests/artifacts/faults.json."""
+    figures = {
+        "requests": len(result.samples),
+        "failed": len(result.failed),
+        "retried": sum(1 for s in result.samples if s.attempts > 1),
+        "statuses": {str(k): v for k, v in result.statuses().items()},
+        "p99_s": round(result.p99_s(), 3),
+        "recovery_s": round(recovery_s, 2),
+        **extra,
+    }
+    print(f"\n[fault] {name}: {json.dumps(figures)}")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / "faults.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known[name] = figures
+    path.write_text(json.dumps(known, indent=2))
+    return figures
+
+
+def _replaced(app: str, deployment: str, killed: dict[str, Any], count: int) -> bool:
+    running = running_replicas(app, deployment)
+    ids = {r["replica_id"] for r in running}
+    return len(running) >= count and killed["replica_id"] not in ids
+
+
+def _two_replicas(app: str, deployment: str) -> list[dict[str, Any]]:
+    replicas: list[dict[str, Any]] = wait_for(
+        lambda: len(r := running_replicas(app, deployment)) == 2 and r,
+        180,
+        f"2 running replicas of {app}/{deployment}",
+    )
+    return replicas
+
+
+def test_model_replica_killed_under_load_loses_no_request(gateway: str) -> None:
+    """sturdy runs 2 replicas. One is killed mid-load: the gateway sends the calls that were
+    on it again (to the live replica), Serve starts a replacement, and no client sees it."""
+    app = constants.version_app_name("sturdy", "1")
+    deployment = constants.MODEL_SERVER_DEPLOYMENT
+    replicas = _two_replicas(app, deployment)
+    victim = replicas[0]
+    killed_at: list[float] = []
+    recovered_at: list[float] = []
+
+    def until() -> bool:
+        if not killed_at and load.done() >= 100:
+            kill_replica(victim)
+            killed_at.append(time.monotonic())
+        elif killed_at and not recovered_at and _replaced(app, deployment, victim, 2):
+            recovered_at.append(time.monotonic())
+        return bool(recovered_at) and load.done() >= 400
+
+    load = Load(f"{gateway}/v1/models/sturdy/predict", ROW, concurrency=4, until=until, max_s=300)
+    result = load.run()
+    assert killed_at, "the load ended before the kill"
+    assert recovered_at, "Serve did not replace the killed replica in time"
+    figures = record(
+        "model_replica_killed", result, recovered_at[0] - killed_at[0], retry_policy="none"
+    )
+    assert not result.failed, result.failed[:3]
+    assert figures["requests"] >= 400
+
+
+def test_gateway_replica_killed_under_load_loses_no_request_that_the_client_retries(
+    gateway: str,
+) -> None:
+    """Two gateway replicas; one is killed mid-load. What was in flight on it fails at the
+    proxy (a bare 500); a client following app.retry sends those again and loses none."""
+    app, deployment = constants.CONTROL_APP_NAME, constants.GATEWAY_DEPLOYMENT
+    replicas = _two_replicas(app, deployment)
+    victim = replicas[0]
+    killed_at: list[float] = []
+    recovered_at: list[float] = []
+
+    def until() -> bool:
+        if not killed_at and load.done() >= 100:
+            kill_replica(victim)
+            killed_at.append(time.monotonic())
+        elif killed_at and not recovered_at and _replaced(app, deployment, victim, 2):
+            recovered_at.append(time.monotonic())
+        return bool(recovered_at) and load.done() >= 400
+
+    load = Load(
+        f"{gateway}/v1/models/iris/predict",
+        ROW,
+        concurrency=4,
+        until=until,
+        max_s=300,
+        retry_policy=True,
+    )
+    result = load.run()
+    assert killed_at and recovered_at, "the gateway replica was not replaced in time"
+    figures = record(
+        "gateway_replica_killed",
+        result,
+        recovered_at[0] - killed_at[0],
+        retry_policy="app.retry",
+    )
+    assert not result.failed, result.failed[:3]
+    assert figures["requests"] >= 400
+    # every replica routes again: the new one learnt the routing table from the watcher
+    with httpx.Client(base_url=gateway, timeout=30) as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, 120, "ready again")
+
+
+def test_watcher_killed_is_restarted_adopts_what_runs_and_no_request_fails(
+    gateway: str, client: httpx.Client
+) -> None:
+    """The RegistryWatcher's process is killed under load. Serve restarts it; it rebuilds its
+    state from the registry and the running applications (adopting them: no model replica
+    is replaced), and the gateways go on routing from the table they hold meanwhile."""
+    app, deployment = constants.CONTROL_APP_NAME, constants.WATCHER_DEPLOYMENT
+    (victim,) = wait_for(lambda: running_replicas(app, deployment), 60, "the watcher")
+    model_app = constants.version_app_name("sturdy", "1")
+    model_replicas = {
+        r["replica_id"] for r in _two_replicas(model_app, constants.MODEL_SERVER_DEPLOYMENT)
+    }
+    before = client.get("/admin/models/sturdy").json()
+    killed_at: list[float] = []
+    recovered_at: list[float] = []
+
+    def answers() -> bool:
+        try:
+            resp = client.get("/admin/models/sturdy", timeout=5)
+        except httpx.HTTPError:
+            return False
+        return resp.status_code == 200 and resp.json()["serving_version"] == "1"
+
+    def until() -> bool:
+        if not killed_at and load.done() >= 100:
+            kill_replica(victim)
+            killed_at.append(time.monotonic())
+        elif killed_at and not recovered_at and _replaced(app, deployment, victim, 1) and answers():
+            recovered_at.append(time.monotonic())
+        return bool(recovered_at) and load.done() >= 400
+
+    load = Load(f"{gateway}/v1/models/sturdy/predict", ROW, concurrency=4, until=until, max_s=400)
+    result = load.run()
+    assert killed_at and recovered_at, "the watcher did not come back in time"
+    after = client.get("/admin/models/sturdy").json()
+    same_replicas = {
+        r["replica_id"] for r in running_replicas(model_app, constants.MODEL_SERVER_DEPLOYMENT)
+    }
+    record(
+        "watcher_killed",
+        result,
+        recovered_at[0] - killed_at[0],
+        model_replicas_replaced=len(model_replicas - same_replicas),
+        retry_policy="none",
+    )
+    assert not result.failed, result.failed[:3]
+    assert after["serving_version"] == before["serving_version"] == "1"
+    assert same_replicas == model_replicas, "the restarted watcher redeployed a running version"
+    events = client.get("/admin/events", params={"model": "sturdy", "limit": 200}).json()
+    assert any(e["kind"] == "adopt" for e in events), events[-5:]
+    assert not any(e["kind"] == "deploy" for e in events), "the restarted watcher redeployed"
