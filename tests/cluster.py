@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-NODE_ARGS: dict[str, Any] = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+NODE_ARGS: dict[str, Any] = {"num_cpus": 1}
 WORKERS = 2
 
 
