@@ -103,8 +103,12 @@ def main(config_path: str) -> None:
     _stop(cluster)
 
 
+#: Answers start with this; Ray's node processes share the child's stdout and print there too.
+MARK = "@@cluster "
+
+
 def _reply(answer: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(answer, default=str) + "\n")
+    sys.stdout.write(MARK + json.dumps(answer, default=str) + "\n")
     sys.stdout.flush()
 
 
@@ -126,15 +130,19 @@ class ClusterProcess:
 
     def read(self, timeout_s: float) -> dict[str, Any]:
         """The next answer; fail after ``timeout_s`` (the child's log says why)."""
-        assert self._process.stdout is not None
         answer: list[str] = []
-        reader = threading.Thread(
-            target=lambda: answer.append(self._process.stdout.readline()),  # type: ignore[union-attr]
-            daemon=True,
-        )
+
+        def next_answer() -> None:
+            assert self._process.stdout is not None
+            for line in self._process.stdout:
+                if line.startswith(MARK):
+                    answer.append(line[len(MARK) :])
+                    return
+
+        reader = threading.Thread(target=next_answer, daemon=True)
         reader.start()
         reader.join(timeout_s)
-        if not answer or not answer[0]:
+        if not answer:
             raise TimeoutError(f"no answer from the cluster process in {timeout_s}s")
         parsed: dict[str, Any] = json.loads(answer[0])
         if "error" in parsed:

@@ -36,3 +36,17 @@ def wait_for(
     raise TimeoutError(
         f"timed out after {timeout_s}s waiting for {what}; last error: {last_error!r}"
     )
+
+
+def throttled(condition: Callable[[], object], every_s: float = 0.5) -> Callable[[], bool]:
+    """``condition``, asked at most every ``every_s`` (its last answer in between) and never
+    again once true: for a load's ``until``, which runs between requests."""
+    last = {"at": float("-inf"), "value": False}
+
+    def check() -> bool:
+        now = time.monotonic()
+        if not last["value"] and now - last["at"] >= every_s:
+            last["at"], last["value"] = now, bool(condition())
+        return bool(last["value"])
+
+    return check

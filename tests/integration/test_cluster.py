@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from app import constants
 from app.auth import hash_key
 from tests.cluster import ClusterProcess
-from tests.helpers import ADMIN_HEADERS, ADMIN_KEY, REPO, wait_for
+from tests.helpers import ADMIN_HEADERS, ADMIN_KEY, PREDICT_KEY, REPO, throttled, wait_for
 from tests.integration.conftest import IRIS_COLUMNS
 from tests.integration.test_faults import record
 from tests.load import Load
@@ -76,8 +76,10 @@ def cluster(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "poll_interval_s": 2,
             "keep_previous_s": 30,
             "auth": {
-                "predict_requires_key": False,
-                "keys": [{"name": "ops", "sha256": hash_key(ADMIN_KEY), "scopes": ["admin"]}],
+                "keys": [
+                    {"name": "ops", "sha256": hash_key(ADMIN_KEY), "scopes": ["admin"]},
+                    {"name": "app", "sha256": hash_key(PREDICT_KEY), "scopes": ["predict"]},
+                ]
             },
             "models": {
                 MODEL: {
@@ -146,7 +148,7 @@ def test_hot_swap_across_nodes_loses_no_request(cluster: Any, admin: httpx.Clien
         ROWS,
         concurrency=4,
         min_requests=100,
-        until=lambda: _status(admin)["serving_version"] == "2",
+        until=throttled(lambda: _status(admin)["serving_version"] == "2"),
         max_s=300,
     ) as load:
         wait_for(lambda: load.done() >= 40, 60, "load under way")
@@ -164,7 +166,7 @@ def test_canary_rollout_across_nodes_is_promoted(cluster: Any, admin: httpx.Clie
         f"{gateway}/v1/models/{MODEL}/predict",
         ROWS,
         concurrency=4,
-        until=lambda: _status(admin)["serving_version"] == "3",
+        until=throttled(lambda: _status(admin)["serving_version"] == "3"),
         max_s=400,
     ) as load:
         wait_for(lambda: load.done() >= 20, 60, "load under way")
@@ -186,6 +188,7 @@ def test_worker_node_removed_under_load_replicas_come_back(cluster: Any) -> None
     removed_at: list[float] = []
     recovered_at: list[float] = []
 
+    @throttled
     def back() -> bool:
         now = _replica_nodes(process, "3")
         return len(now) == 2 and victim not in now
