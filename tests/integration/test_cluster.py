@@ -11,7 +11,6 @@ The tests run in file order on one cluster.
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from collections.abc import Iterator
@@ -253,10 +252,7 @@ def test_whole_stack_restart_brings_back_versions_weights_and_rollout(
     )
     restart_s = time.monotonic() - started
     result = Load(f"{gateway}/v1/models/{MODEL}/predict", ROWS, min_requests=60).run()
-    print(
-        "\n[fault] whole_stack_restart: "
-        + json.dumps({"ready_and_restored_s": round(restart_s, 1), "after": after["rollout"]})
-    )
+    record("whole_stack_restart", result, restart_s, restored=after["rollout"]["status"])
     assert after["serving_version"] == before["serving_version"] == "3"
     assert after["challenger"]["version"] == "2"
     assert after["challenger"]["weight"] == before["challenger"]["weight"]
