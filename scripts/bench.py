@@ -270,6 +270,22 @@ def deploy(config: dict[str, Any]) -> None:
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
 
 
+def _batch_size_in_force(app: str) -> int | None:
+    """The ModelServer's max_batch_size once every replica of ``app`` runs with it, as Serve's
+    controller reports it (no call on the request path, which the options under test change)."""
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()["applications"].get(app)
+    if not details:
+        return None
+    deployment = details["deployments"]["ModelServer"]
+    replicas = deployment.get("replicas", [])
+    if deployment["status"] != "HEALTHY" or any(r["state"] != "RUNNING" for r in replicas):
+        return None
+    user_config = deployment["deployment_config"].get("user_config") or {}
+    return user_config.get("max_batch_size")
+
+
 def in_process_encode(batch_size: int, threads: int, seconds: float) -> float:
     """Sentences per second of ``model.encode`` in this process: the ceiling of serving."""
     code = textwrap.dedent(
@@ -564,17 +580,7 @@ def bench_serving(
         )
         config = control_config(tracking_uri, port, args.gateway_replicas, 1)
         deploy(config)
-        wait_for(
-            lambda: (
-                serve.get_deployment_handle("ModelServer", app_name="minilm-v1")
-                .metadata.remote()
-                .result(timeout_s=10)
-                .get("max_batch_size")
-                == 1
-            ),
-            600,
-            "minilm without batching",
-        )
+        wait_for(lambda: _batch_size_in_force("minilm-v1") == 1, 600, "minilm without batching")
         wait_for(lambda: admin.get("/readyz").status_code == 200, 300, "ready again")
         runs["minilm_unbatched"] = wrk(
             "minilm through the gateway, no batching",
