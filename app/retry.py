@@ -5,7 +5,8 @@ nothing but its body and changes no state, so sending it twice is harmless. What
 whether a second try can succeed:
 
 - The gateway already retries on its own, inside one request, when the model replica it
-  called dies under it (``deployments.backends``): a replica's death never reaches a client.
+  called dies under it (``deployments.backends``), so a model replica's death reaches no
+  client unless every try fails.
 - 502, 503 and 504 say the service could not answer *now* (a model not loaded yet, a
   replica being replaced, back-pressure): retry, after ``Retry-After`` where it is given.
 - A 500 **without** modellane's error body comes from Ray Serve's HTTP proxy itself, when the
