@@ -255,6 +255,34 @@ def _finish(model: str, outcome: Outcome, json_out: bool, **extra: Any) -> NoRet
     raise typer.Exit(outcome.exit_code)
 
 
+def _move_alias_and_follow(
+    gateway: Gateway,
+    registry: Registry,
+    model: str,
+    version: str,
+    role: str,
+    before: dict[str, Any],
+    judge: Judge,
+    what: str,
+    *,
+    no_wait: bool,
+    json_out: bool,
+    timeout_s: float,
+    interval_s: float,
+    tags: Callable[[], dict[str, str]] | None = None,
+) -> NoReturn:
+    """Move alias ``role`` to ``version``, wake the watcher, then follow (unless
+    ``no_wait``) until ``judge`` says how it ended; exits with its code."""
+    since = gateway.last_seq(model)
+    registry.set_alias(model, role, version)
+    gateway.reload()
+    if no_wait:
+        message = f"alias {role} of {model} moved to v{version}; the watcher follows it"
+        _finish(model, Outcome(EXIT_OK, message, before), json_out, version=version)
+    outcome = _follow(gateway, model, since, judge, what, timeout_s, interval_s, tags=tags)
+    _finish(model, outcome, json_out, version=version)
+
+
 def _not_the_champion(before: dict[str, Any], model: str, version: str, role: str) -> None:
     if before.get("serving_version") == version:
         raise CliError(
@@ -391,22 +419,12 @@ def promote(
     before = gateway.status(model)  # an unknown model or a bad key fail before any change
     registry.check_reachable()
     registry.version_tags(model, version)  # the version exists
-    since = gateway.last_seq(model)
-    registry.set_alias(model, constants.ROLE_CHAMPION, version)
-    gateway.reload()
-    if no_wait:
-        message = f"alias champion of {model} moved to v{version}; the watcher follows it"
-        _finish(model, Outcome(EXIT_OK, message, before), json_out, version=version)
-    outcome = _follow(
-        gateway,
-        model,
-        since,
+    _move_alias_and_follow(
+        gateway, registry, model, version, constants.ROLE_CHAMPION, before,
         judge_promote(version, failure_attempts(before, version)),
         f"promoting {model} v{version} (alias champion moved; following the switch)",
-        timeout,
-        interval,
-    )
-    _finish(model, outcome, json_out, version=version)
+        no_wait=no_wait, json_out=json_out, timeout_s=timeout, interval_s=interval,
+    )  # fmt: skip
 
 
 def _read_policy(value: str) -> RolloutPolicy:
@@ -471,23 +489,13 @@ def canary(
             f"note: v{version} carries its own rollout policy (tag "
             f"{constants.TAG_ROLLOUT_POLICY}): {tags[constants.TAG_ROLLOUT_POLICY]}"
         )
-    since = gateway.last_seq(model)
-    registry.set_alias(model, constants.ROLE_CHALLENGER, version)
-    gateway.reload()
-    if no_wait:
-        message = f"alias challenger of {model} moved to v{version}; the watcher follows it"
-        _finish(model, Outcome(EXIT_OK, message, before), json_out, version=version)
-    outcome = _follow(
-        gateway,
-        model,
-        since,
+    _move_alias_and_follow(
+        gateway, registry, model, version, constants.ROLE_CHALLENGER, before,
         judge_canary(version, before, tags.get(constants.TAG_ROLLOUT_RESULT)),
         f"canary {model} v{version} (alias challenger moved; following its rollout)",
-        timeout,
-        interval,
+        no_wait=no_wait, json_out=json_out, timeout_s=timeout, interval_s=interval,
         tags=lambda: registry.version_tags(model, version),
-    )
-    _finish(model, outcome, json_out, version=version)
+    )  # fmt: skip
 
 
 @cli.command()
@@ -523,22 +531,12 @@ def shadow(
     registry.version_tags(model, version)
     if fraction is not None:
         registry.set_tag(model, version, constants.TAG_SHADOW_FRACTION, f"{fraction:g}")
-    since = gateway.last_seq(model)
-    registry.set_alias(model, constants.ROLE_SHADOW, version)
-    gateway.reload()
-    if no_wait:
-        message = f"alias shadow of {model} moved to v{version}; the watcher follows it"
-        _finish(model, Outcome(EXIT_OK, message, before), json_out, version=version)
-    outcome = _follow(
-        gateway,
-        model,
-        since,
+    _move_alias_and_follow(
+        gateway, registry, model, version, constants.ROLE_SHADOW, before,
         judge_shadow(version, failure_attempts(before, version)),
         f"shadow {model} v{version} (alias shadow moved; following)",
-        timeout,
-        interval,
-    )
-    _finish(model, outcome, json_out, version=version)
+        no_wait=no_wait, json_out=json_out, timeout_s=timeout, interval_s=interval,
+    )  # fmt: skip
 
 
 # -- changes through the admin API -----------------------------------------------------------

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from app import constants
-from tests.helpers import wait_for
+from tests.helpers import throttled, wait_for
 from tests.integration.conftest import IRIS_COLUMNS
 from tests.load import Load, LoadResult
 
@@ -68,6 +69,46 @@ def record(name: str, result: LoadResult, recovery_s: float, **extra: Any) -> di
     return figures
 
 
+def fault_under_load(
+    url: str,
+    body: Any,
+    fault: Callable[[], object],
+    recovered: Callable[[], bool],
+    *,
+    fault_after: int = 100,
+    min_requests: int = 400,
+    max_s: float = 300,
+    retry_policy: bool = False,
+) -> tuple[LoadResult, float]:
+    """Run a load on ``url``; after ``fault_after`` requests call ``fault`` once, then poll
+    ``recovered`` (at most twice a second) and go on until it holds and ``min_requests`` are
+    done. Returns the load's result and the seconds from the fault to the recovery."""
+    faulted_at: list[float] = []
+    recovered_at: list[float] = []
+    back = throttled(recovered)
+
+    def until() -> bool:
+        if not faulted_at and load.done() >= fault_after:
+            fault()
+            faulted_at.append(time.monotonic())
+        elif faulted_at and not recovered_at and back():
+            recovered_at.append(time.monotonic())
+        return bool(recovered_at) and load.done() >= min_requests
+
+    load = Load(
+        url,
+        body,
+        concurrency=4,
+        until=until,
+        max_s=max_s,
+        retry_policy=retry_policy,
+    )
+    result = load.run()
+    assert faulted_at, "the load ended before the fault"
+    assert recovered_at, f"no recovery within {max_s}s of load"
+    return result, recovered_at[0] - faulted_at[0]
+
+
 def _replaced(app: str, deployment: str, killed: dict[str, Any], count: int) -> bool:
     running = running_replicas(app, deployment)
     ids = {r["replica_id"] for r in running}
@@ -90,24 +131,13 @@ def test_model_replica_killed_under_load_loses_no_request(gateway: str) -> None:
     deployment = constants.MODEL_SERVER_DEPLOYMENT
     replicas = _two_replicas(app, deployment)
     victim = replicas[0]
-    killed_at: list[float] = []
-    recovered_at: list[float] = []
-
-    def until() -> bool:
-        if not killed_at and load.done() >= 100:
-            kill_replica(victim)
-            killed_at.append(time.monotonic())
-        elif killed_at and not recovered_at and _replaced(app, deployment, victim, 2):
-            recovered_at.append(time.monotonic())
-        return bool(recovered_at) and load.done() >= 400
-
-    load = Load(f"{gateway}/v1/models/sturdy/predict", ROW, concurrency=4, until=until, max_s=300)
-    result = load.run()
-    assert killed_at, "the load ended before the kill"
-    assert recovered_at, "Serve did not replace the killed replica in time"
-    figures = record(
-        "model_replica_killed", result, recovered_at[0] - killed_at[0], retry_policy="none"
+    result, recovery_s = fault_under_load(
+        f"{gateway}/v1/models/sturdy/predict",
+        ROW,
+        lambda: kill_replica(victim),
+        lambda: _replaced(app, deployment, victim, 2),
     )
+    figures = record("model_replica_killed", result, recovery_s, retry_policy="none")
     assert not result.failed, result.failed[:3]
     assert figures["requests"] >= 400
 
@@ -120,33 +150,14 @@ def test_gateway_replica_killed_under_load_loses_no_request_that_the_client_retr
     app, deployment = constants.CONTROL_APP_NAME, constants.GATEWAY_DEPLOYMENT
     replicas = _two_replicas(app, deployment)
     victim = replicas[0]
-    killed_at: list[float] = []
-    recovered_at: list[float] = []
-
-    def until() -> bool:
-        if not killed_at and load.done() >= 100:
-            kill_replica(victim)
-            killed_at.append(time.monotonic())
-        elif killed_at and not recovered_at and _replaced(app, deployment, victim, 2):
-            recovered_at.append(time.monotonic())
-        return bool(recovered_at) and load.done() >= 400
-
-    load = Load(
+    result, recovery_s = fault_under_load(
         f"{gateway}/v1/models/iris/predict",
         ROW,
-        concurrency=4,
-        until=until,
-        max_s=300,
+        lambda: kill_replica(victim),
+        lambda: _replaced(app, deployment, victim, 2),
         retry_policy=True,
     )
-    result = load.run()
-    assert killed_at and recovered_at, "the gateway replica was not replaced in time"
-    figures = record(
-        "gateway_replica_killed",
-        result,
-        recovered_at[0] - killed_at[0],
-        retry_policy="app.retry",
-    )
+    figures = record("gateway_replica_killed", result, recovery_s, retry_policy="app.retry")
     assert not result.failed, result.failed[:3]
     assert figures["requests"] >= 400
     # every replica routes again: the new one learnt the routing table from the watcher
@@ -167,8 +178,6 @@ def test_watcher_killed_is_restarted_adopts_what_runs_and_no_request_fails(
         r["replica_id"] for r in _two_replicas(model_app, constants.MODEL_SERVER_DEPLOYMENT)
     }
     before = client.get("/admin/models/sturdy").json()
-    killed_at: list[float] = []
-    recovered_at: list[float] = []
 
     def answers() -> bool:
         try:
@@ -177,17 +186,13 @@ def test_watcher_killed_is_restarted_adopts_what_runs_and_no_request_fails(
             return False
         return resp.status_code == 200 and resp.json()["serving_version"] == "1"
 
-    def until() -> bool:
-        if not killed_at and load.done() >= 100:
-            kill_replica(victim)
-            killed_at.append(time.monotonic())
-        elif killed_at and not recovered_at and _replaced(app, deployment, victim, 1) and answers():
-            recovered_at.append(time.monotonic())
-        return bool(recovered_at) and load.done() >= 400
-
-    load = Load(f"{gateway}/v1/models/sturdy/predict", ROW, concurrency=4, until=until, max_s=400)
-    result = load.run()
-    assert killed_at and recovered_at, "the watcher did not come back in time"
+    result, recovery_s = fault_under_load(
+        f"{gateway}/v1/models/sturdy/predict",
+        ROW,
+        lambda: kill_replica(victim),
+        lambda: _replaced(app, deployment, victim, 1) and answers(),
+        max_s=400,
+    )
     after = client.get("/admin/models/sturdy").json()
     same_replicas = {
         r["replica_id"] for r in running_replicas(model_app, constants.MODEL_SERVER_DEPLOYMENT)
@@ -195,7 +200,7 @@ def test_watcher_killed_is_restarted_adopts_what_runs_and_no_request_fails(
     record(
         "watcher_killed",
         result,
-        recovered_at[0] - killed_at[0],
+        recovery_s,
         model_replicas_replaced=len(model_replicas - same_replicas),
         retry_policy="none",
     )
