@@ -13,9 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app import constants
-from app.auth import AuthSettings
-from app.drift import DriftSettings
-from app.rollout import RolloutPolicy
+from app.control.rollout import RolloutPolicy
+from app.quality.drift import DriftSettings
+from app.security.auth import AuthSettings
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -11,20 +11,20 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from app import constants
-from app.errors import ModelFailed, ModelUnavailable
-from app.routing import Target
+from app.control.routing import Target
+from app.serving.errors import ModelFailed, ModelUnavailable
 
 logger = logging.getLogger("ray.serve")
 
 #: Tries of one call when the replica that took it dies with it in flight. A prediction
 #: changes nothing, so sending it again (Serve routes it to a live replica) is safe; this is
-#: the server half of the retry policy in ``app.retry``.
+#: the server half of the retry policy in ``app.serving.retry``.
 REPLICA_DEATH_TRIES = 3
 REPLICA_DEATH_BACKOFF_S = 0.05
 
 
 class HandleBackend:
-    """:class:`app.dataplane.ModelBackend` over the version application's deployment handle."""
+    """:class:`app.serving.dataplane.ModelBackend` over a version application's handle."""
 
     def __init__(self, target: Target) -> None:
         self.target = target

@@ -13,11 +13,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from app import constants
-from app.auth import Authenticator, KeyStore
-from app.dataplane import DataPlane
-from app.http import RequestRecord, create_api
-from app.ratelimit import LeaseFn, RateLimiter
-from app.routing import RoutingTable
+from app.control.routing import RoutingTable
+from app.security.auth import Authenticator, KeyStore
+from app.security.ratelimit import LeaseFn, RateLimiter
+from app.serving.dataplane import DataPlane
+from app.serving.http import RequestRecord, create_api
 from app.settings import AppArgs
 from deployments.backends import HandleBackend
 from deployments.metrics import gateway_metrics, status_class
@@ -29,7 +29,7 @@ _FIRST_TABLE_WAIT_S = 60.0
 
 
 class WatcherControl:
-    """:class:`app.http.ControlPlane` over the registry watcher's deployment handle."""
+    """:class:`app.serving.http.ControlPlane` over the registry watcher's deployment handle."""
 
     def __init__(self, watcher: DeploymentHandle) -> None:
         self._watcher = watcher

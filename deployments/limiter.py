@@ -1,7 +1,7 @@
 """RateLimiter: the one place API-key token buckets live, shared by every gateway replica.
 
-Gateway replicas lease a few tokens at a time (``app.ratelimit.RateLimiter``), so the
-limit holds across replicas without a remote call per request; see ``app/ratelimit.py``
+Gateway replicas lease a few tokens at a time (``app.security.ratelimit.RateLimiter``), so the
+limit holds across replicas without a remote call per request; see ``app/security/ratelimit.py``
 for how exact that is.
 """
 
@@ -12,7 +12,7 @@ import time
 from ray import serve
 
 from app import constants
-from app.ratelimit import CentralBuckets
+from app.security.ratelimit import CentralBuckets
 
 
 @serve.deployment(

@@ -18,7 +18,7 @@ from typing import Any
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from app.stats import LATENCY_BOUNDS_S
+from app.quality.stats import LATENCY_BOUNDS_S
 
 logger = logging.getLogger("ray.serve")
 

@@ -20,10 +20,10 @@ from ray import serve
 from starlette.requests import Request
 
 from app import constants
-from app.drift import BASELINE_ARTIFACT, Baseline, DriftMonitor
-from app.errors import InvalidInput, ModelFailed, ModellaneError
+from app.quality.drift import BASELINE_ARTIFACT, Baseline, DriftMonitor
+from app.serving.errors import InvalidInput, ModelFailed, ModellaneError
+from app.serving.validation import InputSpec, parse_inputs, to_jsonable
 from app.settings import BatchSettings
-from app.validation import InputSpec, parse_inputs, to_jsonable
 from deployments.metrics import model_metrics
 
 logger = logging.getLogger("ray.serve")
@@ -38,7 +38,7 @@ logger = logging.getLogger("ray.serve")
     max_surge_percent=100,
 )
 class ModelServer:
-    """Serves ``models:/<model>/<version>``; answers envelopes (see ``app.dataplane``)."""
+    """Serves ``models:/<model>/<version>``; answers envelopes (see ``app.serving.dataplane``)."""
 
     def __init__(
         self, model: str, version: str, tracking_uri: str, drift_window: int = 1000

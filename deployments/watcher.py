@@ -1,7 +1,7 @@
 """RegistryWatcher: reconcile the MLflow registry with the running version applications.
 
 Each pass: observe (registry + ``serve.status()``) -> decide per model
-(:func:`app.reconcile.plan_model`) -> act, one step at a time:
+(:func:`app.control.reconcile.plan_model`) -> act, one step at a time:
 
 1. a champion version not deployed: deploy its application in the background; it becomes
    routable only once RUNNING, which for a ModelServer means loaded and validated on its
@@ -35,13 +35,10 @@ from ray import serve
 from ray.serve.schema import ApplicationStatus
 
 from app import constants
-from app import events as ev
-from app import rollout as rollout_mod
-from app.compare import ComparisonStats
-from app.drift import Alerter, FeatureDrift
-from app.errors import Conflict, ModellaneError, ModelNotFound
-from app.events import EventLog
-from app.reconcile import (
+from app.control import events as ev
+from app.control import rollout as rollout_mod
+from app.control.events import EventLog
+from app.control.reconcile import (
     ModelState,
     assign_role,
     due_for_retirement,
@@ -52,9 +49,12 @@ from app.reconcile import (
     switch,
     version_of_app,
 )
-from app.registry import Desired, RegisteredVersion, RegistryClient, desired_roles
-from app.rollout import RolloutPolicy
-from app.routing import ModelRoutes, RoutingTable, Target
+from app.control.registry import Desired, RegisteredVersion, RegistryClient, desired_roles
+from app.control.rollout import RolloutPolicy
+from app.control.routing import ModelRoutes, RoutingTable, Target
+from app.quality.compare import ComparisonStats
+from app.quality.drift import Alerter, FeatureDrift
+from app.quality.stats import ArmStats
 from app.schemas import (
     FailureInfo,
     ModelStatus,
@@ -63,8 +63,8 @@ from app.schemas import (
     RollbackResult,
     VersionInfo,
 )
+from app.serving.errors import Conflict, ModellaneError, ModelNotFound
 from app.settings import AppArgs, ModelDeploymentConfig
-from app.stats import ArmStats
 from deployments.metrics import set_gpu_gauges, watcher_metrics
 from deployments.model_server import ModelServer
 

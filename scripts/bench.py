@@ -38,7 +38,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.auth import generate_key, hash_key  # noqa: E402
+from app.security.auth import generate_key, hash_key  # noqa: E402
 
 IRIS_ROW = {"sepal_length": 5.9, "sepal_width": 3.0, "petal_length": 4.2, "petal_width": 1.5}
 SENTENCE = "modellane serves machine-learning models from the registry"

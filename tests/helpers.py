@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.auth import generate_key
+from app.security.auth import generate_key
 
 REPO = Path(__file__).resolve().parents[1]
 

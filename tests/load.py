@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from app import retry
+from app.serving import retry
 from tests.helpers import PREDICT_HEADERS
 
 
@@ -65,7 +65,7 @@ class Load:
         self.url, self.concurrency = url, concurrency
         self.bodies = body if isinstance(body, list) else [body]
         self.min_requests, self.until, self.max_s = min_requests, until, max_s
-        self.retry_policy = retry_policy  # follow app.retry, as a well-behaved client does
+        self.retry_policy = retry_policy  # follow app.serving.retry, as a well-behaved client does
         self.result = LoadResult()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)

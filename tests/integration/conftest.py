@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from app.auth import hash_key
+from app.security.auth import hash_key
 from tests.helpers import (
     ADMIN_HEADERS,
     ADMIN_KEY,

@@ -22,7 +22,7 @@ import yaml
 from mlflow import MlflowClient
 
 from app import constants
-from app.auth import hash_key
+from app.security.auth import hash_key
 from tests.cluster import ClusterProcess
 from tests.helpers import ADMIN_HEADERS, ADMIN_KEY, PREDICT_KEY, REPO, throttled, wait_for
 from tests.integration.conftest import IRIS_COLUMNS
@@ -203,7 +203,7 @@ def test_worker_node_removed_under_load_replicas_come_back(cluster: Any) -> None
         retry_policy=True,
     )
     after = _replica_nodes(process, "3")
-    record("worker_node_removed", result, recovery_s, retry_policy="app.retry")
+    record("worker_node_removed", result, recovery_s, retry_policy="app.serving.retry")
     assert len(set(after)) == 2 and victim not in after
     assert victim not in process.ask("details")["alive"]
     assert not result.failed, result.failed[:3]

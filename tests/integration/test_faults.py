@@ -146,7 +146,7 @@ def test_gateway_replica_killed_under_load_loses_no_request_that_the_client_retr
     gateway: str,
 ) -> None:
     """Two gateway replicas; one is killed mid-load. What was in flight on it fails at the
-    proxy (a bare 500); a client following app.retry sends those again and loses none."""
+    proxy (a bare 500); a client following app.serving.retry sends those again and loses none."""
     app, deployment = constants.CONTROL_APP_NAME, constants.GATEWAY_DEPLOYMENT
     replicas = _two_replicas(app, deployment)
     victim = replicas[0]
@@ -157,7 +157,7 @@ def test_gateway_replica_killed_under_load_loses_no_request_that_the_client_retr
         lambda: _replaced(app, deployment, victim, 2),
         retry_policy=True,
     )
-    figures = record("gateway_replica_killed", result, recovery_s, retry_policy="app.retry")
+    figures = record("gateway_replica_killed", result, recovery_s, retry_policy="app.serving.retry")
     assert not result.failed, result.failed[:3]
     assert figures["requests"] >= 400
     # every replica routes again: the new one learnt the routing table from the watcher

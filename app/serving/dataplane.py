@@ -1,0 +1,329 @@
+"""The gateway's data plane: route a request by the routing table and call the version.
+
+The HTTP layer (:mod:`app.serving.http`) parses and answers; this module decides and calls.
+Model versions sit behind the small :class:`ModelBackend` protocol, so the same
+data plane runs over Ray Serve deployment handles in production and over an
+in-process fake in unit tests.
+
+Besides the answer, each request feeds live figures: requests, errors and latency per
+version (for rollout gates), and, for mirrored requests, the comparison of the shadow's
+(or the champion's, for a challenger under a rollout) answer with the client's. Mirrored
+calls run in the background, bounded in time and number, and never touch the client's
+answer, status or latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from app.control.routing import ModelRoutes, RoutingTable, Target
+from app.control.traffic import choose_target, mirror_to_shadow
+from app.quality.compare import ComparisonStats, compare_outputs
+from app.quality.stats import ArmStats
+from app.schemas import ModelList, PredictResponse
+from app.serving.errors import ModellaneError, ModelNotFound, ModelUnavailable, from_body
+
+logger = logging.getLogger("modellane.dataplane")
+
+
+class ModelBackend(Protocol):
+    """One model version, however it is reached.
+
+    ``predict`` answers an envelope: ``{"outputs": [...]}`` or the common error body
+    ``{"error": {...}}``. Errors travel as data, not exceptions, so a bad request can
+    never take a replica down and the gateway never has to unpickle a model's exception.
+    """
+
+    async def predict(self, inputs: Any) -> dict[str, Any]: ...
+
+    async def metadata(self) -> dict[str, Any]:
+        """What the version takes and answers: ``inputs`` (``InputSpec.describe()``),
+        ``example_output`` (one row of an answer), ``platform``, ``embeddings``."""
+        ...
+
+
+BackendFactory = Callable[[Target], ModelBackend]
+
+
+class DataPlane:
+    """Routes predictions; holds the newest routing table it was given."""
+
+    def __init__(
+        self,
+        backend_for: BackendFactory,
+        table: RoutingTable | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._backend_for = backend_for
+        self._backends: dict[str, ModelBackend] = {}
+        self._table = table or RoutingTable()
+        self._rng = rng or random.Random()
+        self.installed_at: float | None = None
+        #: model -> (champion version, when this replica began routing to it)
+        self.champion_since: dict[str, tuple[str, float]] = {}
+        #: model -> version -> cumulative request figures of this replica
+        self.arms: dict[str, dict[str, ArmStats]] = defaultdict(dict)
+        #: model -> compared version -> cumulative comparison with the primary's answers
+        self.comparisons: dict[str, dict[str, ComparisonStats]] = defaultdict(dict)
+        self._mirrors_in_flight: dict[str, int] = defaultdict(int)
+        #: app name -> metadata of that version (versions never change once registered)
+        self._metadata: dict[str, dict[str, Any]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def table(self) -> RoutingTable:
+        return self._table
+
+    def update_table(self, table: RoutingTable) -> bool:
+        """Install ``table`` if it is newer than the one in force. Returns whether it was."""
+        if table.epoch <= self._table.epoch:
+            return False
+        self._table = table  # one reference swap: a request sees the old or the new, whole
+        now = self.installed_at = time.time()
+        for name, routes in table.models.items():
+            version = routes.champion.version if routes.champion else None
+            if version is not None and self.champion_since.get(name, ("", 0.0))[0] != version:
+                self.champion_since[name] = (version, now)
+        return True
+
+    def _backend(self, target: Target) -> ModelBackend:
+        backend = self._backends.get(target.app_name)
+        if backend is None:
+            backend = self._backends[target.app_name] = self._backend_for(target)
+        return backend
+
+    async def predict(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        routing_key: str | None = None,
+        forced_version: str | None = None,
+    ) -> tuple[PredictResponse, Target]:
+        """Predict with the version the table routes this request to.
+
+        Raises:
+            ModellaneError: unknown model (404), bad input (422), model failure (500),
+                no routable version (503).
+        """
+        routes = self._table.models.get(model)
+        if routes is None:
+            raise ModelNotFound(f"model {model!r} is not served here", model=model)
+        target = choose_target(
+            routes, routing_key=routing_key, forced_version=forced_version, rng=self._rng
+        )
+        answer, latency_s = await self._call(model, target, inputs)
+        response = _response(target, answer)
+        self._mirror(routes, target, inputs, response.outputs, latency_s)
+        return response, target
+
+    async def predict_version(
+        self, model: str, version: str, inputs: Any
+    ) -> tuple[PredictResponse, Target]:
+        """Predict with one deployed version, named by the caller: no traffic policy, no mirror.
+
+        Raises:
+            ModellaneError: as :meth:`predict`; 404 also when that version is not deployed.
+        """
+        target = self.deployed(model, version)
+        answer, _ = await self._call(model, target, inputs)
+        return _response(target, answer), target
+
+    def deployed(self, model: str, version: str | None = None) -> Target:
+        """The routable target of ``version`` (any role), or the champion when ``None``.
+
+        Raises:
+            ModelNotFound: unknown model, or that version is not deployed in any role.
+            ModelUnavailable: no version given and no routable champion.
+        """
+        routes = self._table.models.get(model)
+        if routes is None:
+            raise ModelNotFound(f"model {model!r} is not served here", model=model)
+        targets = [t for t in (routes.champion, routes.challenger, routes.shadow) if t]
+        if version is None:
+            if routes.champion is None:
+                reason = routes.problem or "no healthy champion version yet"
+                raise ModelUnavailable(f"model {model!r} is not available: {reason}", model=model)
+            return routes.champion
+        for target in targets:
+            if target.version == version:
+                return target
+        deployed = ", ".join(f"{t.version} ({t.role})" for t in targets) or "none"
+        raise ModelNotFound(
+            f"version {version!r} of model {model!r} is not deployed (deployed: {deployed})",
+            model=model,
+            version=version,
+        )
+
+    def routable_versions(self, model: str) -> list[str]:
+        """Versions of ``model`` that take requests now, champion first."""
+        routes = self._table.models.get(model)
+        if routes is None:
+            raise ModelNotFound(f"model {model!r} is not served here", model=model)
+        targets = (routes.champion, routes.challenger, routes.shadow)
+        return [t.version for t in targets if t is not None]
+
+    async def metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
+        """Metadata of one deployed version (the champion by default), cached per version."""
+        target = self.deployed(model, version)
+        cached = self._metadata.get(target.app_name)
+        if cached is None:
+            cached = self._metadata[target.app_name] = await self._backend(target).metadata()
+        return cached
+
+    async def _call(self, model: str, target: Target, inputs: Any) -> tuple[dict[str, Any], float]:
+        started = time.perf_counter()
+        error: ModellaneError | None = None
+        answer: dict[str, Any] = {}
+        try:
+            answer = await self._backend(target).predict(inputs)
+            if "error" in answer:
+                error = from_body(answer)
+                error.model, error.version = target.model, target.version
+        except ModellaneError as exc:
+            error = exc
+        latency_s = time.perf_counter() - started
+        self._arm(model, target.version).observe(
+            latency_s, error is not None and error.status >= 500
+        )
+        if error is not None:
+            error.role = target.role
+            raise error
+        return answer, latency_s
+
+    def _arm(self, model: str, version: str) -> ArmStats:
+        arm = self.arms[model].get(version)
+        if arm is None:
+            arm = self.arms[model][version] = ArmStats()
+        return arm
+
+    def _comparison(self, model: str, version: str) -> ComparisonStats:
+        stats = self.comparisons[model].get(version)
+        if stats is None:
+            stats = self.comparisons[model][version] = ComparisonStats()
+        return stats
+
+    # -- mirrored calls (shadow; champion for a challenger under a rollout) ----------------
+
+    def _mirror(
+        self,
+        routes: ModelRoutes,
+        served: Target,
+        inputs: Any,
+        outputs: list[Any],
+        latency_s: float,
+    ) -> None:
+        shadow = mirror_to_shadow(routes, self._rng)
+        if shadow is not None and shadow.version != served.version:
+            # judged: the shadow; the reference: what the client got
+            self._spawn_mirror(routes, shadow, shadow.version, inputs, outputs, latency_s, False)
+        champion = routes.champion
+        if (
+            routes.compare_challenger
+            and routes.challenger is not None
+            and served.version == routes.challenger.version
+            and champion is not None
+        ):
+            # judged: the challenger (what the client got); the reference: the champion
+            self._spawn_mirror(routes, champion, served.version, inputs, outputs, latency_s, True)
+
+    def _spawn_mirror(
+        self,
+        routes: ModelRoutes,
+        call: Target,
+        judged_version: str,
+        inputs: Any,
+        served_outputs: list[Any],
+        served_latency_s: float,
+        reference_is_call: bool,
+    ) -> None:
+        stats = self._comparison(routes.name, judged_version)
+        if self._mirrors_in_flight[routes.name] >= routes.shadow_max_in_flight:
+            stats.dropped += 1
+            return
+        self._mirrors_in_flight[routes.name] += 1
+        task = asyncio.get_running_loop().create_task(
+            self._run_mirror(
+                routes, call, stats, inputs, served_outputs, served_latency_s, reference_is_call
+            )
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_mirror(
+        self,
+        routes: ModelRoutes,
+        call: Target,
+        stats: ComparisonStats,
+        inputs: Any,
+        served_outputs: list[Any],
+        served_latency_s: float,
+        reference_is_call: bool,
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            answer = await asyncio.wait_for(
+                self._backend(call).predict(inputs), routes.shadow_timeout_s
+            )
+        except TimeoutError:
+            stats.timeouts += 1
+            return
+        except Exception as exc:  # a mirror's failure is counted, never raised
+            logger.debug("mirrored call to %s failed: %s", call.app_name, exc)
+            stats.errors += 1
+            return
+        finally:
+            self._mirrors_in_flight[routes.name] -= 1
+        if "error" in answer:
+            stats.errors += 1
+            return
+        mirror_latency_s = time.perf_counter() - started
+        try:
+            if reference_is_call:
+                comparison = compare_outputs(answer["outputs"], served_outputs)
+                ratio = served_latency_s / max(mirror_latency_s, 1e-9)
+            else:
+                comparison = compare_outputs(served_outputs, answer["outputs"])
+                ratio = mirror_latency_s / max(served_latency_s, 1e-9)
+        except Exception:  # answers of shapes that cannot be compared count as errors
+            stats.errors += 1
+            return
+        stats.add(comparison, ratio)
+
+    def snapshot(self) -> dict[str, Any]:
+        """This replica's cumulative figures, for the registry watcher."""
+        return {
+            "arms": {
+                m: {v: a.model_dump() for v, a in arms.items()} for m, arms in self.arms.items()
+            },
+            "comparisons": {
+                m: {v: c.model_dump() for v, c in cs.items()} for m, cs in self.comparisons.items()
+            },
+        }
+
+    def models(self) -> ModelList:
+        return self._table.summary()
+
+    def unready(self) -> dict[str, str]:
+        """Models that cannot serve yet, with the reason; empty when all can."""
+        if not self._table.models:
+            return {"*": "no routing table received yet"}
+        return self._table.unready()
+
+
+def _response(target: Target, answer: dict[str, Any]) -> PredictResponse:
+    return PredictResponse(
+        model=target.model,
+        version=target.version,
+        outputs=answer["outputs"],
+        usage=answer.get("usage"),
+    )
+
+
+__all__ = ["BackendFactory", "DataPlane", "ModelBackend"]
