@@ -134,6 +134,7 @@ class WatcherMetrics:
     rollbacks: Counter
     failed_loads: Counter
     rollout_step: Gauge
+    control_errors: Counter
 
 
 @functools.cache
@@ -148,6 +149,12 @@ def watcher_metrics() -> WatcherMetrics:
         ),
         rollout_step=Gauge(
             "modellane_rollout_step", "Step of the rollout in progress (-1: none).", tag_keys=MV
+        ),
+        control_errors=Counter(
+            "modellane_control_errors_total",
+            "Control-plane calls that failed and were noted (registry reads and writes, "
+            "Serve calls); each is also an event of kind 'error'.",
+            tag_keys=_keys("model", "operation"),
         ),
     )
 

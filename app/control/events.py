@@ -24,6 +24,8 @@ TRAFFIC = "traffic"  # the challenger's weight was set by hand
 ROLLOUT = "rollout"  # a rollout started, advanced, paused or resumed
 DRIFT = "drift"  # live inputs of a feature moved away from the training baseline
 PROMOTE = "promote"  # a rollout passed every step: the challenger became champion
+# A control-plane call failed (a registry read or write, a Serve call); it is tried again.
+ERROR = "error"
 
 
 class Event(BaseModel):

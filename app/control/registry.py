@@ -120,10 +120,23 @@ class RegistryClient:
 
     def remove_role(self, name: str, role: str, version: str, source: str) -> None:
         """Take ``role`` away from ``version`` the way it was given: delete the alias, or
-        move the version out of its stage (to ``Archived``)."""
+        move the version out of its stage (to ``Archived``).
+
+        An alias that has moved on to another version is left alone, so a retried removal
+        never undoes a newer change.
+        """
+        from mlflow.exceptions import MlflowException
+
         if source.startswith("stage:"):
             self._client.transition_model_version_stage(name, version, "Archived")
-        else:
+            return
+        try:
+            holder = self._client.get_model_version_by_alias(name, role)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return  # no version holds the alias any more
+            raise
+        if str(holder.version) == version:
             self._client.delete_registered_model_alias(name, role)
 
     def promote(self, name: str, version: str, champion_source: str | None) -> None:

@@ -108,6 +108,13 @@ class ModelUnavailable(ModellaneError):
     code = "model_unavailable"
 
 
+class RegistryUnavailable(ModellaneError):
+    """The registry could not be read or written, so the action cannot be done safely."""
+
+    status = 503
+    code = "registry_unavailable"
+
+
 _BY_STATUS: dict[int, type[ModellaneError]] = {
     cls.status: cls
     for cls in (

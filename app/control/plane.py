@@ -1,0 +1,90 @@
+"""The control plane assembled from its parts, and the loops that drive them.
+
+:func:`build` wires the parts to their collaborators; ``deployments/watcher.py`` is the
+thin Ray shell that calls it with Ray Serve and MLflow behind the ports, and unit tests
+call it with in-memory fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from app.control.admin import Admin
+from app.control.events import EventLog
+from app.control.lifecycle import Lifecycle
+from app.control.memory import ControlMemory
+from app.control.monitors import DriftMonitor, PostAlert, post_json
+from app.control.outbox import Outbox
+from app.control.ports import Clock, ControlMetrics, RegistryPort, ServePort
+from app.control.publisher import Publisher
+from app.control.reconciler import Reconciler
+from app.control.rollouts import RolloutDriver
+from app.settings import AppArgs
+
+
+@dataclass
+class ControlParts:
+    memory: ControlMemory
+    outbox: Outbox
+    publisher: Publisher
+    rollouts: RolloutDriver
+    lifecycle: Lifecycle
+    reconciler: Reconciler
+    admin: Admin
+    drift: DriftMonitor
+    #: set to reconcile now instead of at the next poll
+    wake_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        self.wake_event.set()
+
+    async def reconcile_forever(self, poll_interval_s: float) -> None:
+        """Reconcile every ``poll_interval_s``, or at once when woken; a failed pass is
+        noted and the next one tries again."""
+        while True:
+            try:
+                await self.reconciler.run_pass()
+            except Exception as exc:  # the next pass may find things back
+                self.memory.note_error("reconcile pass", exc)
+            self.wake_event.clear()
+            with contextlib.suppress(TimeoutError):  # the poll interval is up
+                await asyncio.wait_for(self.wake_event.wait(), poll_interval_s)
+
+    async def tick_rollouts_forever(self, tick_s: float) -> None:
+        while True:
+            await asyncio.sleep(tick_s)
+            await self.rollouts.tick_all()
+
+    async def measure_drift_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.drift.measure_all()
+
+
+def build(
+    args: AppArgs,
+    serve: ServePort,
+    registry: RegistryPort,
+    clock: Clock,
+    metrics: ControlMetrics,
+    post_alert: PostAlert = post_json,
+) -> ControlParts:
+    memory = ControlMemory(args, EventLog(clock=clock.time), clock, metrics)
+    wake_event = asyncio.Event()
+    outbox = Outbox(registry, memory)
+    publisher = Publisher(memory)
+    rollouts = RolloutDriver(memory, registry, outbox, publisher, wake_event.set)
+    lifecycle = Lifecycle(memory, serve, registry, outbox, publisher, rollouts, wake_event.set)
+    return ControlParts(
+        memory=memory,
+        outbox=outbox,
+        publisher=publisher,
+        rollouts=rollouts,
+        lifecycle=lifecycle,
+        reconciler=Reconciler(memory, serve, registry, lifecycle, publisher, outbox),
+        admin=Admin(memory, serve, registry, lifecycle, rollouts, publisher, wake_event.set),
+        drift=DriftMonitor(memory, serve, post_alert),
+        wake_event=wake_event,
+    )

@@ -1,0 +1,137 @@
+"""The small interfaces the control plane takes its collaborators through.
+
+The parts (:mod:`~app.control.lifecycle`, :mod:`~app.control.rollouts`,
+:mod:`~app.control.admin`, ...) never call Ray Serve or MLflow directly: they get a
+:class:`ServePort`, a :class:`RegistryPort`, a :class:`Clock` and a :class:`ControlMetrics`.
+``deployments/serve_port.py`` implements the first and the last over Ray Serve;
+:class:`ThreadedRegistry` runs :class:`~app.control.registry.RegistryClient` off the event
+loop. Unit tests hand the parts in-memory fakes (``tests/unit/control/fakes.py``) and
+inject a failure at any call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+from app.control.registry import RegisteredVersion, RegistryClient
+
+
+class ServePort(Protocol):
+    """The version applications, as Ray Serve runs them."""
+
+    async def statuses(self) -> dict[str, str]:
+        """Every application's status (``"RUNNING"``, ``"DEPLOYING"``, ...), by name."""
+        ...
+
+    async def details(self) -> dict[str, dict[str, Any]]:
+        """Every application's ``{"status": ..., "replicas": {state: count}}``, by name."""
+        ...
+
+    async def deploy(self, model: str, version: str) -> None:
+        """Deploy (or update in place) ``<model>-v<version>``; return once it is RUNNING,
+        which for a model server means loaded and validated on its input example.
+
+        Raises:
+            Exception: it failed to load or validate, or did not get there in time.
+        """
+        ...
+
+    async def delete(self, app_name: str) -> None: ...
+
+    async def failure_reason(self, app_name: str, error: BaseException) -> str:
+        """Why ``app_name`` failed, in one line, from what Serve says of it and ``error``."""
+        ...
+
+    async def drift(self, app_name: str, threshold: float, min_values: int) -> dict[str, Any]:
+        """The drift figures of the version serving as ``app_name``."""
+        ...
+
+
+class RegistryPort(Protocol):
+    """The MLflow Model Registry: reads raise on failure, never answer "nothing"."""
+
+    async def versions(self, name: str) -> list[RegisteredVersion]:
+        """Every version of ``name``. Raises LookupError for an unknown model."""
+        ...
+
+    async def version_tags(self, name: str, version: str) -> dict[str, str]: ...
+
+    async def model_tag(self, name: str, key: str) -> str | None: ...
+
+    async def set_champion(self, name: str, version: str) -> None: ...
+
+    async def promote(self, name: str, version: str, champion_source: str | None) -> None: ...
+
+    async def remove_role(self, name: str, role: str, version: str, source: str) -> None: ...
+
+    async def tag_version(self, name: str, version: str, tags: dict[str, str]) -> None: ...
+
+    async def tag_model(self, name: str, key: str, value: str) -> None: ...
+
+
+class Clock(Protocol):
+    def time(self) -> float:
+        """Wall-clock seconds (Unix time): deadlines, events, tags."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds for measuring durations."""
+        ...
+
+
+class ControlMetrics(Protocol):
+    """The control plane's counters and gauges (few, fixed labels)."""
+
+    def switch(self, model: str, version: str, role: str) -> None: ...
+
+    def rollback(self, model: str, version: str) -> None: ...
+
+    def failed_load(self, model: str, version: str) -> None: ...
+
+    def rollout_step(self, model: str, version: str, step: int) -> None: ...
+
+    def control_error(self, model: str, operation: str) -> None:
+        """A control-plane call failed (a registry read or write, a Serve call)."""
+        ...
+
+
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class ThreadedRegistry:
+    """:class:`RegistryPort` over :class:`RegistryClient`, whose blocking HTTP calls run
+    in a thread so the event loop (and the gateways' long-polls) never waits on MLflow."""
+
+    def __init__(self, client: RegistryClient) -> None:
+        self._client = client
+
+    async def versions(self, name: str) -> list[RegisteredVersion]:
+        return await asyncio.to_thread(self._client.versions, name)
+
+    async def version_tags(self, name: str, version: str) -> dict[str, str]:
+        return await asyncio.to_thread(self._client.version_tags, name, version)
+
+    async def model_tag(self, name: str, key: str) -> str | None:
+        return await asyncio.to_thread(self._client.model_tag, name, key)
+
+    async def set_champion(self, name: str, version: str) -> None:
+        await asyncio.to_thread(self._client.set_champion, name, version)
+
+    async def promote(self, name: str, version: str, champion_source: str | None) -> None:
+        await asyncio.to_thread(self._client.promote, name, version, champion_source)
+
+    async def remove_role(self, name: str, role: str, version: str, source: str) -> None:
+        await asyncio.to_thread(self._client.remove_role, name, role, version, source)
+
+    async def tag_version(self, name: str, version: str, tags: dict[str, str]) -> None:
+        await asyncio.to_thread(self._client.tag_version, name, version, tags)
+
+    async def tag_model(self, name: str, key: str, value: str) -> None:
+        await asyncio.to_thread(self._client.tag_model, name, key, value)

@@ -1,0 +1,105 @@
+"""One reconcile pass: observe the registry and Serve, then let the lifecycle act per model.
+
+observe (registry + Serve's statuses) -> desired roles per model
+(:func:`app.control.registry.desired_roles`) -> :meth:`Lifecycle.reconcile_model` ->
+publish the routing table. A model whose registry read fails keeps what it last knew:
+it is skipped this pass, serving goes on from what is loaded, and the next pass tries
+again. Registry writes that failed earlier are sent again first (:class:`Outbox`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from app import constants
+from app.control import events as ev
+from app.control.lifecycle import Lifecycle
+from app.control.memory import ControlMemory, logger
+from app.control.outbox import Outbox
+from app.control.ports import RegistryPort, ServePort
+from app.control.publisher import Publisher
+from app.control.registry import Desired, desired_roles
+
+
+class Reconciler:
+    def __init__(
+        self,
+        memory: ControlMemory,
+        serve: ServePort,
+        registry: RegistryPort,
+        lifecycle: Lifecycle,
+        publisher: Publisher,
+        outbox: Outbox,
+    ) -> None:
+        self._memory = memory
+        self._serve = serve
+        self._registry = registry
+        self._lifecycle = lifecycle
+        self._publisher = publisher
+        self._outbox = outbox
+        self.registry_ok = True
+        self._no_champion: set[str] = set()
+        self._first = True
+
+    async def run_pass(self) -> None:
+        """One pass. The first one rebuilds the memory after a (re)start; until it ends,
+        nothing is published (and if it fails, tables are not held back for good)."""
+        try:
+            await self._pass(self._first)
+            self._first = False  # a failed first pass is done again, adoption included
+        finally:
+            if self._publisher.rebuilding:
+                self._publisher.finish_rebuild()
+
+    async def _pass(self, first: bool) -> None:
+        memory = self._memory
+        self._lifecycle.statuses = await self._serve.statuses()
+        names = list(memory.args.models)
+        reads = await asyncio.gather(
+            *(self._registry.versions(name) for name in names), return_exceptions=True
+        )
+        unreachable: list[BaseException] = [
+            r for r in reads if isinstance(r, BaseException) and not isinstance(r, LookupError)
+        ]
+        for error in unreachable:
+            if not isinstance(error, Exception):
+                raise error  # a cancellation or an exit: never swallowed
+        self._note_registry(unreachable[0] if unreachable else None)
+        if not unreachable:
+            await self._outbox.retry()
+        for name, read in zip(names, reads, strict=True):
+            if isinstance(read, LookupError):
+                memory.problems[name] = str(read)
+            elif isinstance(read, list):
+                roles = desired_roles(read)
+                memory.desired_roles[name] = roles
+                self._note_champion(name, roles.get(constants.ROLE_CHAMPION))
+                await self._lifecycle.reconcile_model(name, read, roles, first)
+        self._publisher.publish()
+
+    def _note_registry(self, error: BaseException | None) -> None:
+        memory = self._memory
+        if error is not None and self.registry_ok:
+            self.registry_ok = False
+            memory.events.add(
+                ev.REGISTRY_UNREACHABLE, message=f"serving goes on from what is loaded: {error}"
+            )
+            logger.warning("MLflow registry unreachable: %s", error)
+        elif error is not None:
+            memory.metrics.control_error("", "registry read")
+        elif not self.registry_ok:
+            self.registry_ok = True
+            memory.events.add(ev.REGISTRY_REACHABLE, message="reconciling again")
+
+    def _note_champion(self, name: str, desired: Desired | None) -> None:
+        state = self._memory.states[name]
+        if desired is None and name not in self._no_champion:
+            self._no_champion.add(name)
+            serving = f"still serving v{state.champion.version}" if state.champion else "503"
+            self._memory.events.add(
+                ev.NO_CHAMPION,
+                name,
+                message=f"no alias 'champion' or stage 'Production' ({serving})",
+            )
+        elif desired is not None:
+            self._no_champion.discard(name)

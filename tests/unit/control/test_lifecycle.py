@@ -1,0 +1,262 @@
+"""app/control/lifecycle.py over fakes: the hot-swap order, adoption after a restart,
+retry back-off, and what a failed registry or Serve call does at each point."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from app import constants
+from app.control import events as ev
+from tests.unit.control.fakes import Injected, async_test, make_stack, run_ready
+
+V1, V2 = "iris-v1", "iris-v2"
+
+
+async def _serving_v1():
+    stack = make_stack()
+    stack.registry.register("iris", "1", "2")
+    stack.registry.alias("iris", "champion", "1")
+    await stack.reconcile()
+    assert stack.serving("iris") == "1"
+    return stack
+
+
+@async_test
+async def test_a_new_champion_is_loaded_then_switched_then_the_old_one_retired() -> None:
+    stack = await _serving_v1()
+    gate = stack.serve.gates[V2] = asyncio.Event()
+    stack.registry.alias("iris", "champion", "2")
+    epoch = stack.parts.publisher.table.epoch
+
+    await stack.parts.reconciler.run_pass()  # starts the deploy; v2 is loading
+    await run_ready()
+    assert stack.serve.apps[V2] == "DEPLOYING"
+    assert stack.serving("iris") == "1"  # never routed to a version not yet RUNNING
+
+    gate.set()
+    await stack.parts.lifecycle.settle()
+    assert stack.serving("iris") == "2"
+    assert stack.parts.publisher.table.epoch > epoch
+    assert V1 in stack.serve.apps  # kept warm: a rollback is instant
+
+    stack.clock.advance(29)
+    await stack.reconcile()
+    assert V1 in stack.serve.apps
+    stack.clock.advance(2)
+    await stack.reconcile()
+    assert V1 not in stack.serve.apps
+    # load new, switch, retire old: in that order and no other
+    assert [c for c in stack.serve.log if c[1] != "iris-v1" or c[0] == "delete"] == [
+        ("deploy", V2),
+        ("running", V2),
+        ("delete", V1),
+    ]
+    assert stack.events(ev.RETIRE) == ["retire v1: deleted iris-v1"]
+    assert stack.registry.model_tags["iris"][constants.TAG_PREVIOUS_CHAMPION] == "1"
+    assert (
+        stack.registry.tags("iris", "2")[constants.TAG_SWITCH]
+        == "switch: v1 -> v2 (alias:champion)"
+    )
+
+
+@async_test
+async def test_a_warm_previous_version_is_switched_back_without_a_deploy() -> None:
+    stack = await _serving_v1()
+    stack.registry.alias("iris", "champion", "2")
+    await stack.reconcile()
+    deploys = len(stack.serve.log)
+    stack.registry.alias("iris", "champion", "1")
+    await stack.reconcile()
+    assert stack.serving("iris") == "1"
+    assert len(stack.serve.log) == deploys  # no deploy: v1 was warm
+    assert stack.metrics.of("rollback") == [("iris", "1")]
+    assert stack.events(ev.SWITCH)[-1].startswith("switch v1: rollback: v2 -> v1")
+
+
+@async_test
+async def test_a_failed_version_gets_no_traffic_a_tag_and_retries_after_5_10_30_60_s() -> None:
+    stack = await _serving_v1()
+    stack.serve.broken[V2] = RuntimeError("weights missing")
+    stack.registry.alias("iris", "champion", "2")
+    waits = []
+    for attempt in range(1, 6):
+        await stack.reconcile()
+        assert stack.serving("iris") == "1"
+        assert V2 not in stack.serve.apps  # what the failed version held is freed
+        failure = stack.parts.memory.states["iris"].failures["2"]
+        assert failure.attempts == attempt
+        waits.append(failure.next_try_at - stack.clock.now)
+        deploys = stack.serve.log.count(("deploy", V2))
+        stack.clock.advance(waits[-1] - 0.5)
+        await stack.reconcile()
+        assert stack.serve.log.count(("deploy", V2)) == deploys  # not before its time
+        stack.clock.advance(0.5)
+    assert waits == [5, 10, 30, 60, 60]
+    assert "weights missing" in stack.registry.tags("iris", "2")[constants.TAG_LOAD_ERROR]
+    assert len(stack.metrics.of("failed_load")) == 5
+    del stack.serve.broken[V2]
+    await stack.reconcile()
+    assert stack.serving("iris") == "2"
+    assert "2" not in stack.parts.memory.states["iris"].failures
+
+
+@async_test
+async def test_a_version_the_registry_left_while_it_loaded_is_never_routed() -> None:
+    stack = await _serving_v1()
+    gate = stack.serve.gates[V2] = asyncio.Event()
+    stack.registry.alias("iris", "champion", "2")
+    await stack.parts.reconciler.run_pass()
+    stack.registry.alias("iris", "champion", "1")
+    await stack.parts.reconciler.run_pass()
+    gate.set()
+    await stack.parts.lifecycle.settle()
+    assert stack.serving("iris") == "1"
+    assert V2 in stack.parts.memory.states["iris"].retire_at
+
+
+@async_test
+async def test_a_restarted_control_plane_adopts_what_runs_and_publishes_only_when_rebuilt() -> None:
+    old = await _serving_v1()
+    old.registry.alias("iris", "champion", "2")
+    await old.reconcile()
+    # A new control plane (a restarted watcher) over the same registry and Serve.
+    new = make_stack()
+    new.serve, new.registry = old.serve, old.registry
+    from app.control.plane import build
+
+    new.parts = build(new.parts.memory.args, new.serve, new.registry, new.clock, new.metrics)
+    waiting = asyncio.create_task(new.parts.publisher.wait_for_table(0, 5))
+    await run_ready()
+    assert not waiting.done()  # nothing is published before the state is rebuilt
+    deploys_before = len(new.serve.log)
+    await new.reconcile()
+    table = await waiting
+    assert table is not None and table["models"]["iris"]["champion"]["version"] == "2"
+    assert new.events(ev.ADOPT) == ["adopt v2: took over running iris-v2"]
+    assert new.events(ev.DEPLOY) == []
+    # The re-apply is Serve's no-op for an unchanged config: one call, no new version.
+    assert new.serve.log[deploys_before:] == [("deploy", V2), ("running", V2)]
+    assert new.parts.memory.states["iris"].previous is not None
+    assert new.parts.memory.states["iris"].previous.version == "1"
+
+
+@async_test
+async def test_a_failed_read_of_the_previous_champion_after_a_restart_is_retried() -> None:
+    stack = make_stack()
+    stack.registry.register("iris", "1", "2")
+    stack.registry.alias("iris", "champion", "2")
+    stack.registry.model_tags["iris"][constants.TAG_PREVIOUS_CHAMPION] = "1"
+    stack.serve.apps.update({V1: "RUNNING", V2: "RUNNING"})
+    stack.registry.fail_next["model_tag"] = 1
+    await stack.reconcile()
+    assert stack.serving("iris") == "2"
+    assert stack.parts.memory.states["iris"].previous is None
+    assert stack.parts.lifecycle.previous_unknown("iris")
+    assert ("iris", "read of the previous champion") in stack.metrics.of("control_error")
+    assert any("read of the previous champion failed" in e for e in stack.events(ev.ERROR))
+    await stack.reconcile()
+    assert stack.parts.memory.states["iris"].previous is not None
+    assert not stack.parts.lifecycle.previous_unknown("iris")
+
+
+@async_test
+async def test_a_failed_read_of_a_challengers_tags_never_restarts_its_rollout() -> None:
+    policy = {"steps": [10, 50, 100], "step_interval_s": 60, "min_requests": 5}
+    stack = make_stack({"iris": {"rollout": policy}})
+    stack.registry.register("iris", "1", "2")
+    stack.registry.alias("iris", "champion", "1")
+    stack.registry.alias("iris", "challenger", "2")
+    saved = {"status": "paused", "step": 2, "weight": 33.0}
+    stack.registry.tags("iris", "2").update(
+        {constants.TAG_ROLLOUT: json.dumps(saved), constants.TAG_WEIGHT: "33"}
+    )
+    stack.registry.fail_next["version_tags"] = 1
+    await stack.reconcile()
+    # The read failed: no role yet, and nothing written over the registry's saved copy.
+    assert stack.serving("iris", "challenger") is None
+    assert json.loads(stack.registry.tags("iris", "2")[constants.TAG_ROLLOUT]) == saved
+    assert not [w for w in stack.registry.writes if w[0] == "tag_version" and w[1][1] == "2"]
+    assert any("read of challenger tags failed" in e for e in stack.events(ev.ERROR))
+    assert "iris-v2" in stack.serve.apps and "iris-v2" not in (
+        stack.parts.memory.states["iris"].retire_at
+    )  # the version the registry wants stays up for the next try
+    await stack.reconcile()
+    assert stack.serving("iris", "challenger") == "2"
+    rollout = stack.parts.memory.rollouts["iris"]
+    assert (rollout.status, rollout.step) == ("paused", 2)
+    assert json.loads(stack.registry.tags("iris", "2")[constants.TAG_ROLLOUT])["step"] == 2
+
+
+@async_test
+async def test_a_manual_weight_survives_a_failed_tag_read() -> None:
+    stack = make_stack()
+    stack.registry.register("iris", "1", "2")
+    stack.registry.alias("iris", "champion", "1")
+    stack.registry.alias("iris", "challenger", "2")
+    stack.registry.tags("iris", "2")[constants.TAG_WEIGHT] = "25"
+    stack.registry.fail_next["version_tags"] = 2
+    await stack.reconcile()
+    await stack.reconcile()
+    assert stack.serving("iris", "challenger") is None
+    await stack.reconcile()
+    assert stack.parts.publisher.table.models["iris"].challenger_weight == 25
+
+
+@async_test
+async def test_the_registry_unreachable_keeps_serving_what_is_loaded() -> None:
+    stack = await _serving_v1()
+    epoch = stack.parts.publisher.table.epoch
+    stack.registry.failing.add("versions")
+    await stack.reconcile()
+    await stack.reconcile()
+    assert stack.serving("iris") == "1"
+    assert stack.parts.publisher.table.epoch == epoch
+    assert len(stack.events(ev.REGISTRY_UNREACHABLE)) == 1  # once, not every pass
+    stack.registry.failing.clear()
+    await stack.reconcile()
+    assert len(stack.events(ev.REGISTRY_REACHABLE)) == 1
+
+
+@async_test
+async def test_a_failed_delete_is_noted_and_done_at_the_next_pass() -> None:
+    stack = await _serving_v1()
+    stack.registry.alias("iris", "champion", "2")
+    await stack.reconcile()
+    stack.clock.advance(31)
+    stack.serve.failing.add("delete")
+    await stack.reconcile()
+    assert V1 in stack.serve.apps
+    assert ("iris", f"delete {V1}") in stack.metrics.of("control_error")
+    stack.serve.failing.clear()
+    await stack.reconcile()
+    assert V1 not in stack.serve.apps
+
+
+@async_test
+async def test_a_failed_switch_tag_write_is_kept_and_written_at_the_next_pass() -> None:
+    stack = await _serving_v1()
+    stack.registry.fail_next["tag_model"] = 1
+    stack.registry.alias("iris", "champion", "2")
+    await stack.reconcile()
+    assert constants.TAG_PREVIOUS_CHAMPION not in stack.registry.model_tags["iris"]
+    assert stack.parts.outbox.pending() == [
+        ("model_tag", "iris", "", constants.TAG_PREVIOUS_CHAMPION, "1")
+    ]
+    await stack.reconcile()
+    assert stack.registry.model_tags["iris"][constants.TAG_PREVIOUS_CHAMPION] == "1"
+    assert stack.parts.outbox.pending() == []
+
+
+@async_test
+async def test_an_unknown_model_is_a_problem_not_a_crash() -> None:
+    stack = make_stack({"iris": {}, "ghost": {}})
+    stack.registry.register("iris", "1")
+    stack.registry.alias("iris", "champion", "1")
+    await stack.reconcile()
+    assert stack.serving("iris") == "1"
+    assert "no registered model named 'ghost'" in (stack.parts.memory.problems["ghost"] or "")
+
+
+def test_injected_is_a_runtime_error() -> None:
+    assert issubclass(Injected, RuntimeError)
