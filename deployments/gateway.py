@@ -112,7 +112,6 @@ class Gateway:
 
     def _observe(self, record: RequestRecord) -> None:
         """Metrics and one JSON access-log line per prediction request."""
-        request_id = record.request_id or _serve_request_id()
         if not record.model:  # rejected before a model was named (e.g. 401 on embeddings)
             record = dataclasses.replace(record, model="-")
         tags = {
@@ -129,7 +128,10 @@ class Gateway:
             json.dumps(
                 {
                     "event": "request",
-                    "request_id": request_id,
+                    # Ray Serve's proxy puts ``x-request-id`` on every request it forwards
+                    # (the client's, or one it makes up, the id it answers with), so the
+                    # header is the request id: no need for Serve's private request context.
+                    "request_id": record.request_id,
                     "model": record.model,
                     "version": record.version,
                     "role": record.role,
@@ -203,13 +205,3 @@ def _lease_over(limiter: DeploymentHandle) -> LeaseFn:
         return int(granted), float(retry_after_s)
 
     return lease
-
-
-def _serve_request_id() -> str | None:
-    """The request id Ray Serve gave this request (it follows the request to the model)."""
-    try:
-        from ray.serve.context import _get_serve_request_context
-
-        return _get_serve_request_context().request_id or None
-    except Exception:
-        return None

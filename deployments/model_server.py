@@ -73,13 +73,15 @@ class ModelServer:
         self.load_s = time.monotonic() - started
         self._drift = DriftMonitor(_load_baseline(model, version, tracking_uri), drift_window)
 
-        self._predict_fn: Any = self._model.predict
+        #: What runs the model on parsed inputs: ``predict`` until warm-up has tried the
+        #: flavor's own function (see :func:`_fast_predict`).
+        self._infer: Any = self._model.predict
         answer = self._predict(self.example)  # warm-up + validation: fail here, never on traffic
         if "error" in answer:
             raise RuntimeError(
                 f"{model} v{version} failed on its own input example: {answer['error']['message']}"
             )
-        self._predict_fn = _fast_predict(self._model, self.spec, self.example, answer["outputs"])
+        self._infer = _fast_predict(self._model, self.spec, self.example, answer["outputs"])
         #: One row of the answer to the input example: the shape of every answer (metadata).
         self.example_output = answer["outputs"][:1]
         self.warmup_s = time.monotonic() - started - self.load_s
@@ -193,7 +195,7 @@ class ModelServer:
         """The model's outputs for ``data``, or the exception it raised."""
         started = time.perf_counter()
         try:
-            outputs = to_jsonable(self._predict_fn(data))
+            outputs = to_jsonable(self._infer(data))
             if len(outputs) != len(data):
                 raise ValueError(f"{len(outputs)} outputs for {len(data)} input rows")
         except Exception as exc:  # a model's failure is the client's 500, never the replica's end
@@ -278,9 +280,8 @@ def _fast_predict(model: Any, spec: InputSpec, example: Any, expected: list[Any]
     is used only for models without parameters whose answer to the input example is the
     same either way; anything else keeps ``predict``.
     """
-    direct = getattr(model, "_predict_fn", None)
-    metadata = model.metadata
-    if direct is None or metadata.get_params_schema() is not None:
+    direct = _flavor_predict(model)
+    if direct is None or model.metadata.get_params_schema() is not None:
         return model.predict
     try:
         if to_jsonable(direct(parse_inputs(spec, example))) == expected:
@@ -288,6 +289,24 @@ def _fast_predict(model: Any, spec: InputSpec, example: Any, expected: list[Any]
     except Exception as exc:
         logger.info("%s: predict() kept: %s", type(model).__name__, str(exc)[:200])
     return model.predict
+
+
+def _flavor_predict(model: Any) -> Any:
+    """The function ``PyFuncModel.predict`` hands the checked input to, or None.
+
+    MLflow has no public call for it. ``PyFuncModel._model_impl`` is the nearest: MLflow
+    marks it ``@developer_stable`` (kept backward compatible), unlike ``_predict_fn``. The
+    method's name is the MLmodel file's ``predict_fn`` in the pyfunc flavor ("predict"
+    unless the flavor says otherwise), read the way ``mlflow.pyfunc.load_model`` reads it.
+    tests/unit/deployments/test_private_apis.py fails if either changes.
+    """
+    from mlflow.pyfunc import FLAVOR_NAME
+
+    impl = getattr(model, "_model_impl", None)
+    if impl is None:
+        return None
+    conf = model.metadata.flavors.get(FLAVOR_NAME) or {}
+    return getattr(impl, conf.get("predict_fn", "predict"), None)
 
 
 def _concat(parts: list[Any]) -> Any:

@@ -271,7 +271,12 @@ def _log_mlflow_dir(path: Path, name: str, sample: Sample | None) -> tuple[Any, 
                 ) from exc
             set_signature(str(copy), infer_signature(sample, outputs))
             meta = Model.load(str(copy))
-            # MLflow has no public call that adds an input example to a saved model.
+            # Private, for want of a public call: MLflow 3.17 writes an input example only
+            # while a flavor saves or logs a model (``input_example=``), and re-logging
+            # through a flavor would rebuild a directory that is to be logged as it is
+            # (``set_signature`` exists for the signature, nothing for the example). This
+            # is the function those flavors call; tests/unit/cli/test_private_apis.py fails
+            # if its signature or what it writes changes.
             _save_example(meta, _head(sample), str(copy))
             meta.save(str(copy / "MLmodel"))
         meta = Model.load(str(copy))

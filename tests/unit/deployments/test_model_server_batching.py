@@ -44,7 +44,7 @@ def server(kind: str = "tabular") -> Any:
         )
     instance.model_name, instance.version = "m", "1"
     instance._model = FakeModel()
-    instance._predict_fn = instance._model.predict
+    instance._infer = instance._model.predict
     instance._tokenizer = None  # no usage figures, no drift window, no metrics (warm-up state)
     return instance
 
@@ -90,23 +90,32 @@ def test_a_single_request_takes_the_same_path() -> None:
     assert s._model.calls == [1]
 
 
-class FakePyfunc:
-    """What ``mlflow.pyfunc.load_model`` gives: ``predict`` with checks, ``_predict_fn`` without."""
+class FakeFlavor:
+    """A flavor's model implementation: answers without the signature checks."""
 
     def __init__(self, direct_answer: float | None) -> None:
         self.direct_answer = direct_answer
+
+    def predict(self, data: Any) -> Any:
+        if self.direct_answer is None:
+            raise TypeError("wants a DataFrame")
+        return np.array([self.direct_answer] * len(data))
+
+
+class FakePyfunc:
+    """What ``mlflow.pyfunc.load_model`` gives: ``predict`` with checks, the flavor's
+    implementation (``_model_impl``) without."""
+
+    def __init__(self, direct_answer: float | None) -> None:
+        self._model_impl = FakeFlavor(direct_answer)
         self.metadata = self
+        self.flavors = {"python_function": {"loader_module": "fake"}}
 
     def get_params_schema(self) -> None:
         return None
 
     def predict(self, data: Any) -> Any:
         return np.array([1.0] * len(data))
-
-    def _predict_fn(self, data: Any) -> Any:
-        if self.direct_answer is None:
-            raise TypeError("wants a DataFrame")
-        return np.array([self.direct_answer] * len(data))
 
 
 @_quiet_ray
@@ -119,7 +128,7 @@ def test_the_direct_predict_function_is_used_only_where_it_answers_the_same(
     model = FakePyfunc(direct_answer)
     spec = server().spec
     chosen = _fast_predict(model, spec, [{"a": 1.0, "b": 2.0}], [1.0])
-    assert chosen == (model._predict_fn if fast else model.predict)
+    assert chosen == (model._model_impl.predict if fast else model.predict)
 
 
 @_quiet_ray
