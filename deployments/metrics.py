@@ -182,11 +182,15 @@ def _nvml() -> Any:
     """pynvml, initialised; None where there is no NVIDIA GPU (then no GPU metrics exist)."""
     try:
         import pynvml
-
-        pynvml.nvmlInit()
-        return pynvml
-    except Exception:
+    except ImportError:  # nvidia-ml-py is a dependency: only a broken install lands here
+        logger.warning("pynvml cannot be imported: no GPU metrics")
         return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:  # no driver, no device: a CPU node
+        logger.info("no NVIDIA GPU here (%s): no GPU metrics", exc)
+        return None
+    return pynvml
 
 
 def set_gpu_gauges() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from importlib.metadata import version as package_version
 from typing import Any
 
 from ray import serve
@@ -18,9 +17,8 @@ from ray import serve
 from app import constants
 from app.settings import AppArgs, ModelDeploymentConfig
 from deployments.metrics import watcher_metrics
-from deployments.model_server import ModelServer
+from deployments.versioned import version_app
 
-_CODE_VERSION = package_version("modellane")
 _EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception)(?:\(\w+\))?: .+")
 
 
@@ -107,11 +105,5 @@ def _plain(value: Any) -> str:
 
 def _deploy_app(model: str, version: str, config: ModelDeploymentConfig, args: AppArgs) -> None:
     """Deploy (or update in place) one version application; block until RUNNING."""
-    deployment = ModelServer.options(  # type: ignore[attr-defined]
-        **config.deployment_options()
-    )
-    # A fixed version tells Serve that a re-applied, unchanged config is a no-op and a
-    # changed replica count is a light update (Serve would otherwise restart every replica).
-    deployment._version = f"{model}-v{version}-{_CODE_VERSION}"
-    app = deployment.bind(model, version, args.mlflow_tracking_uri, args.drift.window)
+    app = version_app(model, version, config, args)
     serve.run(app, name=constants.version_app_name(model, version), route_prefix=None)

@@ -291,7 +291,8 @@ class DataPlane:
             else:
                 comparison = compare_outputs(served_outputs, answer["outputs"])
                 ratio = mirror_latency_s / max(served_latency_s, 1e-9)
-        except Exception:  # answers of shapes that cannot be compared count as errors
+        except Exception as exc:  # answers of shapes that cannot be compared count as errors
+            logger.debug("answers of %s not comparable: %s", call.app_name, exc)
             stats.errors += 1
             return
         stats.add(comparison, ratio)

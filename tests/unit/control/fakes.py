@@ -142,6 +142,8 @@ class FakeRegistry:
         self.failing: set[str] = set()
         #: called (and awaited) before each write, with the operation's name
         self.before_write: WriteHook | None = None
+        #: operation -> how many times it was called, failed or not
+        self.calls: dict[str, int] = {}
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -167,6 +169,7 @@ class FakeRegistry:
     # -- failures ------------------------------------------------------------------------
 
     def _check(self, operation: str) -> None:
+        self.calls[operation] = self.calls.get(operation, 0) + 1
         if "*" in self.failing or operation in self.failing:
             raise Injected(f"registry {operation} failed")
         left = self.fail_next.get(operation, 0)

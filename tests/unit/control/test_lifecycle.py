@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from app import constants
 from app.control import events as ev
+from app.serving.errors import ModellaneError
 from tests.unit.control.fakes import Injected, async_test, make_stack, run_ready
 
 V1, V2 = "iris-v1", "iris-v2"
@@ -260,3 +263,51 @@ async def test_an_unknown_model_is_a_problem_not_a_crash() -> None:
 
 def test_injected_is_a_runtime_error() -> None:
     assert issubclass(Injected, RuntimeError)
+
+
+#: Every registry call a restart, a switch, a new challenger and a rollback make (the
+#: calls of a promotion are failed in turn in test_rollouts.py).
+_REGISTRY_CALLS = (
+    "versions",
+    "version_tags",
+    "model_tag",
+    "set_champion",
+    "tag_version",
+    "tag_model",
+)
+
+
+@pytest.mark.parametrize("failing", _REGISTRY_CALLS)
+@async_test
+async def test_any_registry_call_failing_keeps_serving_and_converges_once_it_answers(
+    failing: str,
+) -> None:
+    stack = make_stack({"iris": {"rollout": {"steps": [50, 100], "min_requests": 5}}})
+    stack.registry.register("iris", "1", "2", "3")
+    stack.registry.alias("iris", "champion", "1")
+    stack.registry.model_tags["iris"][constants.TAG_PREVIOUS_CHAMPION] = "3"
+    stack.serve.apps["iris-v1"] = "RUNNING"  # a restart: v1 runs already
+    stack.registry.failing.add(failing)
+    for step in range(4):
+        if step == 1:
+            stack.registry.alias("iris", "champion", "2")
+            stack.registry.alias("iris", "challenger", "3")
+        await stack.reconcile()  # never raises: every failure is noted and retried
+        champion = stack.serving("iris")
+        assert champion is None or stack.serve.apps[f"iris-v{champion}"] == "RUNNING"
+    try:
+        await stack.parts.admin.rollback("iris")  # answered at once: no switch can follow
+    except ModellaneError as exc:
+        assert exc.status in (409, 500, 503), exc
+    assert stack.registry.calls.get(failing), f"the scenario never called {failing}"
+    assert stack.events(ev.ERROR) or stack.events(ev.REGISTRY_UNREACHABLE)
+    stack.registry.failing.clear()
+    stack.registry.alias("iris", "champion", "2")
+    for _ in range(3):
+        await stack.reconcile()
+    assert stack.serving("iris") == "2"
+    assert stack.serving("iris", "challenger") == "3"
+    assert stack.parts.memory.rollouts["iris"].status == "running"
+    assert stack.parts.outbox.pending() == []
+    assert stack.registry.model_tags["iris"][constants.TAG_PREVIOUS_CHAMPION] == "1"
+    assert json.loads(stack.registry.tags("iris", "3")[constants.TAG_ROLLOUT])["step"] == 0

@@ -18,13 +18,19 @@ POLICY = {"steps": [50, 100], "step_interval_s": 10, "min_requests": 5}
 PROMOTION_WRITES = 5
 
 
-async def _rolling_out() -> Stack:
-    """iris: champion v1, challenger v2, its rollout at the last step, due to promote."""
+async def _with_challenger(*versions: str) -> Stack:
+    """iris with a rollout policy: champion v1, challenger v2, its rollout started."""
     stack = make_stack({"iris": {"rollout": POLICY}})
-    stack.registry.register("iris", "1", "2")
+    stack.registry.register("iris", "1", "2", *versions)
     stack.registry.alias("iris", "champion", "1")
     stack.registry.alias("iris", "challenger", "2")
     await stack.reconcile()
+    return stack
+
+
+async def _rolling_out() -> Stack:
+    """iris: champion v1, challenger v2, its rollout at the last step, due to promote."""
+    stack = await _with_challenger()
     assert stack.parts.memory.rollouts["iris"].step == 0
     stack.report("iris", {"1": arm(100), "2": arm(10)})
     stack.clock.advance(11)
@@ -144,11 +150,7 @@ async def test_an_operator_cannot_abort_a_rollout_while_its_promotion_is_written
 
 @async_test
 async def test_a_failing_challenger_is_rolled_back_its_weight_zero_at_once() -> None:
-    stack = make_stack({"iris": {"rollout": POLICY}})
-    stack.registry.register("iris", "1", "2")
-    stack.registry.alias("iris", "champion", "1")
-    stack.registry.alias("iris", "challenger", "2")
-    await stack.reconcile()
+    stack = await _with_challenger()
     stack.report("iris", {"1": arm(100), "2": arm(20, errors=10)})
     weights: list[float] = []
 
@@ -170,11 +172,7 @@ async def test_a_failing_challenger_is_rolled_back_its_weight_zero_at_once() -> 
 
 @async_test
 async def test_a_challenger_alias_removed_by_hand_aborts_and_one_made_champion_promotes() -> None:
-    stack = make_stack({"iris": {"rollout": POLICY}})
-    stack.registry.register("iris", "1", "2", "3")
-    stack.registry.alias("iris", "champion", "1")
-    stack.registry.alias("iris", "challenger", "2")
-    await stack.reconcile()
+    stack = await _with_challenger("3")
     stack.registry.alias("iris", "challenger", None)
     await stack.reconcile()
     assert stack.parts.memory.rollouts["iris"].status == "aborted"
@@ -190,11 +188,7 @@ async def test_a_challenger_alias_removed_by_hand_aborts_and_one_made_champion_p
 
 @async_test
 async def test_pause_resume_and_a_weight_set_by_hand_are_saved_in_the_registry() -> None:
-    stack = make_stack({"iris": {"rollout": POLICY}})
-    stack.registry.register("iris", "1", "2")
-    stack.registry.alias("iris", "champion", "1")
-    stack.registry.alias("iris", "challenger", "2")
-    await stack.reconcile()
+    stack = await _with_challenger()
     await stack.parts.rollouts.set_weight("iris", 7)
     saved = json.loads(stack.registry.tags("iris", "2")[constants.TAG_ROLLOUT])
     assert saved == {"status": "paused", "step": 0, "weight": 7}
