@@ -24,5 +24,10 @@ ruff check .
 ruff format --check .
 echo "[test] mypy"
 mypy
+echo "[test] deptry"
+# app/ and deployments/ against the runtime dependencies ([tool.deptry] in pyproject.toml),
+# then scripts/ and tests/: they may import dev dependencies, and nothing undeclared.
+deptry .
+deptry . --exclude '\.venv/|\.git/|mlflow/|app/|deployments/' --ignore DEP002,DEP004
 echo "[test] pytest"
 exec pytest "$@"
