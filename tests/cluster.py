@@ -9,8 +9,9 @@ its standard input; :class:`ClusterProcess` is the test side.
 
 Commands: ``details`` (Serve's controller view: applications, replicas with their node and
 pid, and the nodes), ``remove_node`` (kill every process of a worker node, as a host that
-dies), ``restart`` (stop the whole stack, Ray included, and start it again from the same
-config: nothing survives but the MLflow registry), ``stop``.
+dies), ``add_nodes`` (new worker nodes up to the cluster's size again, after a removal),
+``restart`` (stop the whole stack, Ray included, and start it again from the same config:
+nothing survives but the MLflow registry), ``stop``.
 """
 
 from __future__ import annotations
@@ -76,6 +77,14 @@ def _remove(cluster: Any, node_id: str) -> dict[str, Any]:
     return {"removed": node_id}
 
 
+def _add_nodes(cluster: Any) -> dict[str, Any]:
+    added = [
+        cluster.add_node(**NODE_ARGS).node_id for _ in range(WORKERS - len(cluster.worker_nodes))
+    ]
+    cluster.wait_for_nodes()
+    return {"added": added}
+
+
 def main(config_path: str) -> None:
     import yaml
 
@@ -90,6 +99,8 @@ def main(config_path: str) -> None:
                 _reply(_details(cluster))
             elif op == "remove_node":
                 _reply(_remove(cluster, command["node_id"]))
+            elif op == "add_nodes":
+                _reply(_add_nodes(cluster))
             elif op == "restart":
                 _stop(cluster)
                 cluster = _start(config)

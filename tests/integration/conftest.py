@@ -2,16 +2,23 @@
 
 Composed as registry -> serve instance -> gateway (MLServer's fixture chain):
 - ``mlflow_uri``: ``mlflow server`` on a free loopback port, its store in a temp dir;
-- ``registry``: the demo models registered by scripts/register_demo_models.py, plus two
-  test-only models: ``failing`` (raises on negative input) and ``stageonly`` (served by
-  stage ``Production``, no alias);
+- ``registry``: the demo models registered by scripts/register_demo_models.py, plus the
+  test-only models (``TEST_MODELS``);
 - ``serve_http``: ``ray.init`` + ``serve.start`` once;
-- ``gateway``: the control application from serve_config.yaml, pointed at the test
-  registry, up once every model has a healthy champion.
+- ``stack_config``: serve_config.yaml pointed at the test registry and proxy;
+- ``gateway``: the control application deployed from it, up once every model has a
+  healthy champion.
+
+The tests run in any order (``pytest-random-order`` checks it). Each sets up the roles it
+needs (``roles``) and leaves the stack as it found it: ``_stack_as_found`` records every
+served model's aliases, stages and ``modellane.*`` tags before each test that uses the
+gateway, and puts them back after it, waiting until the gateway serves them again; a test
+that changes more (the config, a node, a process) puts that back itself.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -25,6 +32,7 @@ import httpx
 import pytest
 import yaml
 
+from app import constants
 from app.security.auth import hash_key
 from tests.helpers import (
     ADMIN_HEADERS,
@@ -36,6 +44,7 @@ from tests.helpers import (
     REPO,
     wait_for,
 )
+from tests.integration.roles import Roles
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +55,9 @@ TEST_MODELS = (
     "failing", "stageonly", "swapper", "broken", "abtest", "shadowed", "canary", "drifty",
     "sturdy",
 )  # fmt: skip
+DEMO_MODELS = ("iris", "minilm", "sentiment")
+#: Every model the test gateway serves.
+SERVED_MODELS = (*DEMO_MODELS, *TEST_MODELS)
 #: Per-model settings of the test stack beyond the replica defaults.
 TEST_MODEL_SETTINGS: dict[str, dict[str, Any]] = {
     "abtest": {"allow_version_override": True},
@@ -211,11 +223,6 @@ def _register_test_models(uri: str) -> None:
         client.set_registered_model_alias(name, "champion", "1")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The observability test reads what the others left: it runs last."""
-    items.sort(key=lambda item: "test_observability" in item.nodeid)
-
-
 @pytest.fixture(scope="session")
 def metrics_port() -> int:
     """Where Ray exports metrics in Prometheus format for this run."""
@@ -339,11 +346,60 @@ def serve_deploy(config: dict[str, Any]) -> None:
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
 
 
+def config_in_force(config: dict[str, Any], models: tuple[str, ...] = ()) -> bool:
+    """Whether Serve runs ``config``'s control application with its replica counts, and
+    every running version application of ``models`` with the replicas the config gives it."""
+    from ray import serve
+
+    (control,) = [a for a in config["applications"] if a["name"] == constants.CONTROL_APP_NAME]
+    apps = serve.status().applications
+    if apps[constants.CONTROL_APP_NAME].status != "RUNNING":
+        return False
+    wanted = {d["name"]: d.get("num_replicas", 1) for d in control["deployments"]}
+    for name, settings in control["args"]["models"].items():
+        if name not in models:
+            continue
+        prefix = constants.version_app_name(name, "")
+        for app_name, app in apps.items():
+            if app_name.startswith(prefix) and app.status == "RUNNING":
+                wanted[app_name] = settings.get("num_replicas", 1)
+    for name, count in wanted.items():
+        if name in apps:  # a version application
+            states = apps[name].deployments[constants.MODEL_SERVER_DEPLOYMENT].replica_states
+        else:  # a deployment of the control application
+            states = apps[constants.CONTROL_APP_NAME].deployments[name].replica_states
+        if states.get("RUNNING") != count or sum(states.values()) != count:
+            return False
+    return True
+
+
 @pytest.fixture(scope="session")
-def gateway(serve_http: str, registry: str, webhook: WebhookReceiver) -> str:
-    """The control application, deployed declaratively from serve_config.yaml, ready."""
+def stack_config(serve_http: str, registry: str, webhook: WebhookReceiver) -> dict[str, Any]:
+    """The config the test stack runs: a test that applies another one applies this one
+    again before it ends (``apply_config``)."""
     port = int(serve_http.rsplit(":", 1)[1])
-    serve_deploy(control_config(registry, port, drift=drift_settings(webhook.url)))
+    return control_config(registry, port, drift=drift_settings(webhook.url))
+
+
+def apply_config(
+    gateway: str, config: dict[str, Any], models: tuple[str, ...] = (), timeout_s: float = 300
+) -> None:
+    """``serve deploy`` ``config``; wait until it is in force (``config_in_force``) and
+    every model has a healthy champion again."""
+    serve_deploy(copy.deepcopy(config))
+    wait_for(lambda: config_in_force(config, models), timeout_s, "the config in force", every_s=1)
+    wait_for(
+        lambda: httpx.get(f"{gateway}/readyz", timeout=5).status_code == 200,
+        timeout_s,
+        "every model to have a healthy champion",
+        every_s=1,
+    )
+
+
+@pytest.fixture(scope="session")
+def gateway(serve_http: str, stack_config: dict[str, Any]) -> str:
+    """The control application, deployed declaratively from serve_config.yaml, ready."""
+    serve_deploy(copy.deepcopy(stack_config))
     wait_for(
         lambda: httpx.get(f"{serve_http}/readyz", timeout=5).status_code == 200,
         600,
@@ -357,6 +413,29 @@ def gateway(serve_http: str, registry: str, webhook: WebhookReceiver) -> str:
 def client(gateway: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway, timeout=60, headers=ADMIN_HEADERS) as c:
         yield c
+
+
+@pytest.fixture()
+def roles(registry: str, client: httpx.Client) -> Roles:
+    """Sets up model roles for a test (``roles.set``); ``_stack_as_found`` puts them back."""
+    return Roles(registry, client)
+
+
+@pytest.fixture(autouse=True)
+def _stack_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Around every test on the shared gateway: record the served models' aliases, stages
+    and tags, and after the test put back what it changed and wait until the gateway
+    serves it (so no test depends on what ran before it)."""
+    if "gateway" not in request.fixturenames:
+        yield
+        return
+    registry: str = request.getfixturevalue("registry")
+    gateway: str = request.getfixturevalue("gateway")
+    with httpx.Client(base_url=gateway, timeout=60, headers=ADMIN_HEADERS) as admin:
+        stack = Roles(registry, admin)
+        saved = stack.snapshot(SERVED_MODELS)
+        yield
+        stack.restore(saved)
 
 
 @pytest.fixture(scope="module")

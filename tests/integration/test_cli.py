@@ -1,15 +1,12 @@
 """The ``modellane`` CLI through its entry point (``.venv/bin/modellane``) against the real
 stack: Ray Serve, the gateway with API keys, the registry watcher and a real MLflow server.
 
-Each command runs as a subprocess with ``--json`` where it reads, and the tests leave the
-stack as they found it: ``swapper`` serving the version it served, ``abtest`` with neither
-challenger nor shadow, and no tag of theirs left on its versions (test_watcher and
-test_traffic start from there).
+Each command runs as a subprocess with ``--json`` where it reads. Each test sets up the
+roles it needs (``roles``); conftest puts back every alias and tag it moved.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -20,17 +17,16 @@ from typing import Any
 import httpx
 import pytest
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from app import constants
-from tests.helpers import ADMIN_KEY, PREDICT_KEY, REPO, wait_for
-from tests.integration.conftest import IRIS_COLUMNS, TEST_MODELS
+from tests.helpers import ADMIN_KEY, PREDICT_KEY, REPO
+from tests.integration.conftest import DEMO_MODELS, IRIS_COLUMNS, SERVED_MODELS, TEST_MODELS
+from tests.integration.roles import Roles
 from tests.load import Load
 
 pytestmark = pytest.mark.integration
 
 MODELLANE = REPO / ".venv" / "bin" / "modellane"
-DEMO_MODELS = ("iris", "minilm", "sentiment")
 
 
 class Cli:
@@ -101,7 +97,8 @@ def test_status_json_shows_every_served_model(cli: Cli) -> None:
     assert "iris" in table.stdout and f"serving v{iris['serving_version']}" in table.stdout
 
 
-def test_errors_have_exit_codes_and_say_what_to_do(cli: Cli, registry: str) -> None:
+def test_errors_have_exit_codes_and_say_what_to_do(cli: Cli, registry: str, roles: Roles) -> None:
+    without_previous = roles.without_previous(SERVED_MODELS)
     champion = MlflowClient(registry).get_model_version_by_alias("swapper", "champion").version
     unknown = cli("status", "nope")
     assert unknown.returncode == 5 and "not served here" in unknown.stderr
@@ -110,7 +107,7 @@ def test_errors_have_exit_codes_and_say_what_to_do(cli: Cli, registry: str) -> N
     assert "401" in no_key.stderr and "--key" in no_key.stderr
     predict_only = cli("status", "iris", key=PREDICT_KEY)
     assert predict_only.returncode == 5 and "403" in predict_only.stderr
-    no_previous = cli("rollback", "minilm")
+    no_previous = cli("rollback", without_previous)
     assert no_previous.returncode == 5 and "no previous champion" in no_previous.stderr
     no_rollout = cli("rollout", "pause", "iris")
     assert no_rollout.returncode == 5 and "409" in no_rollout.stderr
@@ -157,38 +154,31 @@ def test_events_follow_prints_json_lines_until_max_s(cli: Cli) -> None:
     assert lines and all({"seq", "kind", "message"} <= set(e) for e in lines)
 
 
-def test_shadow_canary_and_traffic_on_abtest(cli: Cli, client: httpx.Client, registry: str) -> None:
+def test_shadow_canary_and_traffic_on_abtest(cli: Cli, registry: str, roles: Roles) -> None:
     mlflow = MlflowClient(registry)
-    before = _status(client, "abtest")
-    assert before["challenger"] is None and before["shadow"] is None
-    try:
-        shadowed = cli.json("shadow", "abtest", "2", "--fraction", "0.5")
-        assert shadowed["ok"] is True
-        assert shadowed["status"]["shadow"]["version"] == "2"
-        assert shadowed["status"]["shadow"]["fraction"] == 0.5
-        tags = mlflow.get_model_version("abtest", "2").tags
-        assert tags[constants.TAG_SHADOW_FRACTION] == "0.5"
-        _remove_role(client, mlflow, "shadow")
+    roles.set("abtest", champion="1", challenger=None, shadow=None)
+    shadowed = cli.json("shadow", "abtest", "2", "--fraction", "0.5")
+    assert shadowed["ok"] is True
+    assert shadowed["status"]["shadow"]["version"] == "2"
+    assert shadowed["status"]["shadow"]["fraction"] == 0.5
+    tags = mlflow.get_model_version("abtest", "2").tags
+    assert tags[constants.TAG_SHADOW_FRACTION] == "0.5"
+    roles.set("abtest", shadow=None)
 
-        # abtest has no rollout policy: the canary is done once it is routable.
-        canary = cli.json("canary", "abtest", "2")
-        assert canary["ok"] is True and "no rollout policy" in canary["message"]
-        assert canary["status"]["challenger"]["version"] == "2"
-        weighted = cli.json("traffic", "abtest", "--challenger", "30")
-        assert weighted["status"]["challenger"]["weight"] == 30
-        assert mlflow.get_model_version("abtest", "2").tags[constants.TAG_WEIGHT] == "30"
-        assert cli("rollout", "pause", "abtest").returncode == 5  # no rollout to pause
-        table = cli("status", "abtest")
-        assert "challenger" in table.stdout and "30%" in table.stdout
-    finally:
-        _remove_role(client, mlflow, "shadow")
-        _remove_role(client, mlflow, "challenger")
-        for tag in (constants.TAG_SHADOW_FRACTION, constants.TAG_WEIGHT):
-            _delete_tag(mlflow, "abtest", "2", tag)
+    # abtest has no rollout policy: the canary is done once it is routable.
+    canary = cli.json("canary", "abtest", "2")
+    assert canary["ok"] is True and "no rollout policy" in canary["message"]
+    assert canary["status"]["challenger"]["version"] == "2"
+    weighted = cli.json("traffic", "abtest", "--challenger", "30")
+    assert weighted["status"]["challenger"]["weight"] == 30
+    assert mlflow.get_model_version("abtest", "2").tags[constants.TAG_WEIGHT] == "30"
+    assert cli("rollout", "pause", "abtest").returncode == 5  # no rollout to pause
+    table = cli("status", "abtest")
+    assert "challenger" in table.stdout and "30%" in table.stdout
 
 
 def test_canary_with_its_own_policy_is_rolled_back_exit_1(
-    cli: Cli, client: httpx.Client, gateway: str, registry: str
+    cli: Cli, client: httpx.Client, gateway: str, registry: str, roles: Roles
 ) -> None:
     """abtest v2 (sepal width only) disagrees with v1 on real iris rows: its own policy's
     agreement gate rolls it back at the first step, and the CLI exits 1 saying so."""
@@ -205,8 +195,9 @@ def test_canary_with_its_own_policy_is_rolled_back_exit_1(
         "min_requests": 30,
         "gates": {"max_error_rate_margin": 0.05, "max_p95_factor": 20, "min_agreement": 0.95},
     }
+    roles.set("abtest", champion="1", challenger=None, shadow=None)
+    process = cli.popen("canary", "abtest", "2", "--policy", json.dumps(policy), "--json")
     try:
-        process = cli.popen("canary", "abtest", "2", "--policy", json.dumps(policy), "--json")
         load = Load(
             f"{gateway}/v1/models/abtest/predict",
             rows,
@@ -216,35 +207,20 @@ def test_canary_with_its_own_policy_is_rolled_back_exit_1(
         )
         with load:
             stdout, stderr = process.communicate(timeout=420)
-        assert process.returncode == 1, stderr
-        answer = json.loads(stdout)
-        assert answer["ok"] is False and "rolled back v2" in answer["message"]
-        assert "agreement" in answer["message"]
-        assert not load.result.failed, load.result.failed[:3]
-        status = _status(client, "abtest")
-        assert status["serving_version"] == "1"
-        tags = mlflow.get_model_version("abtest", "2").tags
-        assert json.loads(tags[constants.TAG_ROLLOUT_POLICY])["steps"] == [50.0, 100.0]
-        assert "agreement" in tags[constants.TAG_FAILED_GATE]
     finally:
-        _remove_role(client, mlflow, "challenger")
-        for tag in (
-            constants.TAG_ROLLOUT_POLICY, constants.TAG_ROLLOUT, constants.TAG_ROLLOUT_RESULT,
-            constants.TAG_FAILED_GATE, constants.TAG_WEIGHT,
-        ):  # fmt: skip
-            _delete_tag(mlflow, "abtest", "2", tag)
-
-
-def _remove_role(client: httpx.Client, mlflow: MlflowClient, role: str) -> None:
-    with contextlib.suppress(MlflowException):  # not set
-        mlflow.delete_registered_model_alias("abtest", role)
-    client.post("/admin/reload")
-    wait_for(lambda: _status(client, "abtest")[role] is None, 60, f"abtest without {role}")
-
-
-def _delete_tag(mlflow: MlflowClient, model: str, version: str, key: str) -> None:
-    with contextlib.suppress(MlflowException):  # not set
-        mlflow.delete_model_version_tag(model, version, key)
+        if process.poll() is None:  # the wait failed: stop the CLI before the clean-up
+            process.kill()
+            process.wait(timeout=30)
+    assert process.returncode == 1, stderr
+    answer = json.loads(stdout)
+    assert answer["ok"] is False and "rolled back v2" in answer["message"]
+    assert "agreement" in answer["message"]
+    assert not load.result.failed, load.result.failed[:3]
+    status = _status(client, "abtest")
+    assert status["serving_version"] == "1"
+    tags = mlflow.get_model_version("abtest", "2").tags
+    assert json.loads(tags[constants.TAG_ROLLOUT_POLICY])["steps"] == [50.0, 100.0]
+    assert "agreement" in tags[constants.TAG_FAILED_GATE]
 
 
 # -- register ----------------------------------------------------------------------------

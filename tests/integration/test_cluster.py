@@ -6,7 +6,8 @@ Model ``spread`` runs 2 replicas with at most 1 per node. On that cluster: servi
 hot-swap and a canary rollout under load; a worker node removed under load (its replicas
 come back on the nodes that remain); and the whole stack stopped and started (Ray and Serve
 from nothing; the versions, the weight and the paused rollout come back from the registry).
-The tests run in file order on one cluster.
+The tests share one cluster and run in any order: each sets up the roles of ``spread`` it
+needs, and ``_spread_as_found`` puts them back after it (a removed node is replaced).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from app.security.auth import hash_key
 from tests.cluster import ClusterProcess
 from tests.helpers import ADMIN_HEADERS, ADMIN_KEY, PREDICT_KEY, REPO, throttled, wait_for
 from tests.integration.conftest import IRIS_COLUMNS
+from tests.integration.roles import Roles
 from tests.integration.test_faults import fault_under_load, record
 from tests.load import Load
 
@@ -51,8 +53,11 @@ def _free_port() -> int:
 
 
 def _register(registry: str) -> None:
-    """spread v1, v2, v3: iris v1, v2, v2 again; champion v1."""
+    """spread v1, v2, v3: iris v1, v2, v2 again; champion v1 (once: the module's cluster may
+    start more than once in a run, where tests of other modules run in between)."""
     client = MlflowClient(registry)
+    if client.search_registered_models(filter_string=f"name = '{MODEL}'"):
+        return
     client.create_registered_model(MODEL)
     for source in ("1", "2", "2"):
         iris = client.get_model_version("iris", source)
@@ -73,7 +78,9 @@ def cluster(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         {
             "mlflow_tracking_uri": registry,
             "poll_interval_s": 2,
-            "keep_previous_s": 30,
+            # Versions a test moved away from stay warm while the tests run, so that
+            # putting a champion back after a test is a switch, not a deploy.
+            "keep_previous_s": 600,
             "auth": {
                 "keys": [
                     {"name": "ops", "sha256": hash_key(ADMIN_KEY), "scopes": ["admin"]},
@@ -113,6 +120,26 @@ def admin(cluster: Any) -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.fixture
+def roles(registry: str, admin: httpx.Client) -> Roles:
+    """Roles of ``spread`` in the suite's registry, as the cluster's gateway serves them."""
+    return Roles(registry, admin)
+
+
+@pytest.fixture(autouse=True)
+def _spread_as_found(cluster: Any, roles: Roles) -> Iterator[None]:
+    """Around every test: record the roles and tags of ``spread``, put them back after the
+    test, and wait until the cluster serves them again."""
+    saved = roles.snapshot([MODEL])
+    yield
+    roles.restore(saved)
+
+
+def _other(version: str | None) -> str:
+    """A version of ``spread`` that is not ``version``."""
+    return "2" if version == "1" else "1"
+
+
 def _status(admin: httpx.Client) -> dict[str, Any]:
     answer = admin.get(f"/admin/models/{MODEL}")
     assert answer.status_code == 200, answer.text
@@ -129,19 +156,27 @@ def _replica_nodes(process: ClusterProcess, version: str) -> list[str]:
     return [r["node_id"] for r in replicas if r["state"] == "RUNNING"]
 
 
-def test_replicas_spread_over_nodes_and_serve(cluster: Any) -> None:
+def test_replicas_spread_over_nodes_and_serve(cluster: Any, roles: Roles) -> None:
     process, gateway = cluster
+    champion = roles.record(MODEL).expected()["champion"]
+    assert champion is not None
+    roles.set(MODEL, challenger=None, shadow=None)
     details = process.ask("details")
     assert len(details["alive"]) == 3, details["alive"]
-    nodes = wait_for(lambda: len(n := _replica_nodes(process, "1")) == 2 and n, 120, "2 replicas")
-    assert len(set(nodes)) == 2, f"both replicas of {MODEL} v1 on one node: {nodes}"
+    nodes = wait_for(
+        lambda: len(n := _replica_nodes(process, champion)) == 2 and n, 120, "2 replicas"
+    )
+    assert len(set(nodes)) == 2, f"both replicas of {MODEL} v{champion} on one node: {nodes}"
     result = Load(f"{gateway}/v1/models/{MODEL}/predict", ROWS, min_requests=60).run()
     assert not result.failed, result.failed[:3]
-    assert set(result.versions()) == {"1"}
+    assert set(result.versions()) == {champion}
 
 
-def test_hot_swap_across_nodes_loses_no_request(cluster: Any, admin: httpx.Client, registry: str):
+def test_hot_swap_across_nodes_loses_no_request(
+    cluster: Any, admin: httpx.Client, registry: str, roles: Roles
+):
     process, gateway = cluster
+    roles.set(MODEL, champion="1", challenger=None, shadow=None)
     # Until v2 has answered some requests itself: the status can say "2" a moment before
     # the gateway's table does, and a load stopped then has seen no v2 at all.
     load = Load(
@@ -162,8 +197,11 @@ def test_hot_swap_across_nodes_loses_no_request(cluster: Any, admin: httpx.Clien
     assert len(set(_replica_nodes(process, "2"))) == 2
 
 
-def test_canary_rollout_across_nodes_is_promoted(cluster: Any, admin: httpx.Client, registry: str):
+def test_canary_rollout_across_nodes_is_promoted(
+    cluster: Any, admin: httpx.Client, registry: str, roles: Roles
+):
     _, gateway = cluster
+    roles.set(MODEL, champion="1", challenger=None, shadow=None)
     with Load(
         f"{gateway}/v1/models/{MODEL}/predict",
         ROWS,
@@ -181,48 +219,82 @@ def test_canary_rollout_across_nodes_is_promoted(cluster: Any, admin: httpx.Clie
     assert result.versions()["3"] > 0
 
 
-def test_worker_node_removed_under_load_replicas_come_back(cluster: Any) -> None:
+def test_worker_node_removed_under_load_replicas_come_back(cluster: Any, roles: Roles) -> None:
     process, gateway = cluster
+    champion = roles.record(MODEL).expected()["champion"]
+    assert champion is not None
+    roles.set(MODEL, challenger=None, shadow=None)
+    nodes = wait_for(
+        lambda: len(n := _replica_nodes(process, champion)) == 2 and n, 120, "2 replicas"
+    )
     details = process.ask("details")
-    nodes = _replica_nodes(process, "3")
-    (victim,) = [n for n in nodes if n in details["workers"]][:1] or [None]
-    assert victim is not None, f"no replica of v3 on a worker node: {nodes}, {details}"
+    workers = [n for n in nodes if n in details["workers"]]
+    assert workers, f"no replica of v{champion} on a worker node: {nodes}, {details}"
+    # This test loses a node of the model's replicas. A node that holds the RegistryWatcher
+    # too is avoided where there is a choice: losing the watcher while the champion is short
+    # of a replica is another fault (the restarted watcher does not adopt an application
+    # that is not RUNNING, and the model answers 503 until it is redeployed).
+    watcher = _watcher_nodes(details)
+    victim = next((n for n in workers if n not in watcher), workers[0])
 
     def back() -> bool:
-        now = _replica_nodes(process, "3")
+        now = _replica_nodes(process, champion)
         return len(now) == 2 and victim not in now
 
-    result, recovery_s = fault_under_load(
-        f"{gateway}/v1/models/{MODEL}/predict",
-        ROWS,
-        lambda: process.ask("remove_node", node_id=victim),
-        back,
-        fault_after=60,
-        min_requests=300,
-        max_s=400,
-        retry_policy=True,
-    )
-    after = _replica_nodes(process, "3")
+    try:
+        result, recovery_s = fault_under_load(
+            f"{gateway}/v1/models/{MODEL}/predict",
+            ROWS,
+            lambda: process.ask("remove_node", node_id=victim),
+            back,
+            fault_after=60,
+            min_requests=300,
+            max_s=400,
+            retry_policy=True,
+        )
+        after = _replica_nodes(process, champion)
+        alive = process.ask("details")["alive"]
+    finally:
+        _replace_removed_workers(process)
     record("worker_node_removed", result, recovery_s, retry_policy="app.serving.retry")
     assert len(set(after)) == 2 and victim not in after
-    assert victim not in process.ask("details")["alive"]
+    assert victim not in alive
     assert not result.failed, result.failed[:3]
 
 
+def _watcher_nodes(details: dict[str, Any]) -> set[str]:
+    """Nodes of the RegistryWatcher's replicas."""
+    app = details["serve"].get("applications", {}).get(constants.CONTROL_APP_NAME, {})
+    deployment = app.get("deployments", {}).get(constants.WATCHER_DEPLOYMENT, {})
+    return {r["node_id"] for r in deployment.get("replicas", [])}
+
+
+def _replace_removed_workers(process: ClusterProcess) -> None:
+    """Back to the cluster's size: a new worker node for each one removed."""
+    process.ask("add_nodes", timeout_s=300)
+    wait_for(lambda: len(process.ask("details")["alive"]) == 3, 120, "3 nodes alive")
+
+
 def test_whole_stack_restart_brings_back_versions_weights_and_rollout(
-    cluster: Any, admin: httpx.Client, registry: str
+    cluster: Any, admin: httpx.Client, registry: str, roles: Roles
 ) -> None:
-    """A paused rollout (challenger v2 at the first step's weight) and champion v3: Ray and
-    Serve are stopped and started from nothing; the same state comes back."""
+    """A paused rollout (a challenger at the first step's weight) beside the champion: Ray
+    and Serve are stopped and started from nothing; the same state comes back."""
     process, gateway = cluster
-    MlflowClient(registry).set_registered_model_alias(MODEL, "challenger", "2")
+    champion = roles.record(MODEL).expected()["champion"]
+    assert champion is not None
+    challenger = _other(champion)
+    roles.set(MODEL, challenger=None, shadow=None)
+    started = time.time()
+    MlflowClient(registry).set_registered_model_alias(MODEL, "challenger", challenger)
     wait_for(
         lambda: (
-            (_status(admin).get("rollout") or {}).get("version") == "2"
-            and _status(admin)["rollout"]["status"] == "running"
+            (rollout := _status(admin).get("rollout") or {}).get("version") == challenger
+            and rollout["started_at"] >= started
+            and rollout["status"] == "running"
         ),
         300,
-        "the rollout of v2 started",
+        f"the rollout of v{challenger} started",
     )
     paused = admin.post(f"/admin/models/{MODEL}/rollout/pause")
     assert paused.status_code == 200, paused.text
@@ -245,10 +317,10 @@ def test_whole_stack_restart_brings_back_versions_weights_and_rollout(
     restart_s = time.monotonic() - started
     result = Load(f"{gateway}/v1/models/{MODEL}/predict", ROWS, min_requests=60).run()
     record("whole_stack_restart", result, restart_s, restored=after["rollout"]["status"])
-    assert after["serving_version"] == before["serving_version"] == "3"
-    assert after["challenger"]["version"] == "2"
+    assert after["serving_version"] == before["serving_version"] == champion
+    assert after["challenger"]["version"] == challenger
     assert after["challenger"]["weight"] == before["challenger"]["weight"]
     assert after["rollout"]["status"] == "paused"
     assert after["rollout"]["step"] == before["rollout"]["step"]
     assert not result.failed, result.failed[:3]
-    assert set(result.versions()) <= {"2", "3"}
+    assert set(result.versions()) <= {champion, challenger}

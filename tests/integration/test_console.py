@@ -19,7 +19,8 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers import ADMIN_KEY, REPO, wait_for
+from tests.helpers import ADMIN_KEY, REPO
+from tests.integration.roles import Roles
 
 pytestmark = pytest.mark.integration
 
@@ -72,17 +73,16 @@ def _serving(client: httpx.Client, model: str) -> str | None:
 
 
 def test_console_shows_every_model_and_rolls_back(
-    page: Any, client: httpx.Client, gateway: str, registry: str
+    page: Any, client: httpx.Client, gateway: str, registry: str, roles: Roles
 ) -> None:
     from playwright.sync_api import expect
 
-    # swapper gets a previous champion: promote its other version through MLflow.
+    # swapper gets a previous champion: promote its other version through MLflow (conftest
+    # puts the champion back after the test).
     serving = _serving(client, "swapper")
     assert serving is not None
     other = "2" if serving == "1" else "1"
-    MlflowClient(registry).set_registered_model_alias("swapper", "champion", other)
-    client.post("/admin/reload")
-    wait_for(lambda: _serving(client, "swapper") == other, 180, f"swapper v{other} serving")
+    roles.set("swapper", champion=other)
     names = [m["name"] for m in client.get("/v1/models").json()["models"]]
 
     page.goto(f"{gateway}/console")

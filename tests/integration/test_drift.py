@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers import wait_for
 from tests.integration.conftest import WebhookReceiver
+from tests.integration.roles import Roles
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +39,9 @@ def _drift(client: httpx.Client) -> dict[str, Any]:
 
 
 def test_training_like_inputs_do_not_alert_and_shifted_inputs_do(
-    client: httpx.Client, webhook: WebhookReceiver
+    client: httpx.Client, webhook: WebhookReceiver, roles: Roles
 ) -> None:
+    roles.set("drifty", champion="1", challenger=None, shadow=None)
     rows = _training_rows()
     _send(client, rows)  # 150 rows from the training distribution
     report = wait_for(

@@ -23,6 +23,7 @@ import pytest
 from app import constants
 from tests.helpers import throttled, wait_for
 from tests.integration.conftest import IRIS_COLUMNS
+from tests.integration.roles import Roles
 from tests.load import Load, LoadResult
 
 pytestmark = pytest.mark.integration
@@ -124,9 +125,10 @@ def _two_replicas(app: str, deployment: str) -> list[dict[str, Any]]:
     return replicas
 
 
-def test_model_replica_killed_under_load_loses_no_request(gateway: str) -> None:
+def test_model_replica_killed_under_load_loses_no_request(gateway: str, roles: Roles) -> None:
     """sturdy runs 2 replicas. One is killed mid-load: the gateway sends the calls that were
     on it again (to the live replica), Serve starts a replacement, and no client sees it."""
+    roles.set("sturdy", champion="1", challenger=None, shadow=None)
     app = constants.version_app_name("sturdy", "1")
     deployment = constants.MODEL_SERVER_DEPLOYMENT
     replicas = _two_replicas(app, deployment)
@@ -146,7 +148,8 @@ def test_gateway_replica_killed_under_load_loses_no_request_that_the_client_retr
     gateway: str,
 ) -> None:
     """Two gateway replicas; one is killed mid-load. What was in flight on it fails at the
-    proxy (a bare 500); a client following app.serving.retry sends those again and loses none."""
+    proxy (a bare 500); a client following app.serving.retry sends those again and loses none.
+    (Two: the stack's config. A test that applies another config puts it back.)"""
     app, deployment = constants.CONTROL_APP_NAME, constants.GATEWAY_DEPLOYMENT
     replicas = _two_replicas(app, deployment)
     victim = replicas[0]
@@ -166,11 +169,12 @@ def test_gateway_replica_killed_under_load_loses_no_request_that_the_client_retr
 
 
 def test_watcher_killed_is_restarted_adopts_what_runs_and_no_request_fails(
-    gateway: str, client: httpx.Client
+    gateway: str, client: httpx.Client, roles: Roles
 ) -> None:
     """The RegistryWatcher's process is killed under load. Serve restarts it; it rebuilds its
     state from the registry and the running applications (adopting them: no model replica
     is replaced), and the gateways go on routing from the table they hold meanwhile."""
+    roles.set("sturdy", champion="1", challenger=None, shadow=None)
     app, deployment = constants.CONTROL_APP_NAME, constants.WATCHER_DEPLOYMENT
     (victim,) = wait_for(lambda: running_replicas(app, deployment), 60, "the watcher")
     model_app = constants.version_app_name("sturdy", "1")

@@ -1,6 +1,7 @@
 """Metrics through Ray's pipeline, scraped by a real Prometheus: every PromQL expression of
-the Grafana dashboard returns data. Runs last (conftest), on what the suite left running,
-plus a shadow and a rollout it starts itself."""
+the Grafana dashboard returns data. The test makes every series it reads itself (traffic,
+an error, a switch and a rollback, a failed load, a shadow, a rollout, drift figures),
+whatever ran before it; conftest puts the roles back after it."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-from mlflow import MlflowClient
 
 from tests.helpers import REPO, wait_for
-from tests.integration.conftest import _free_port
+from tests.integration.conftest import IRIS_COLUMNS, _free_port
+from tests.integration.roles import Roles
 from tests.load import Load
 
 pytestmark = pytest.mark.integration
@@ -64,28 +65,48 @@ def _series(prometheus: str, expr: str) -> list[Any]:
     return list(answer["data"]["result"])
 
 
+def _events(client: httpx.Client, since: int, model: str, kind: str) -> list[Any]:
+    answer = client.get("/admin/events", params={"model": model, "since": since}).json()
+    return [e for e in answer if e["kind"] == kind]
+
+
+def _training_rows() -> list[dict[str, Any]]:
+    from sklearn.datasets import load_iris
+
+    rows = [dict(zip(IRIS_COLUMNS, map(float, r), strict=True)) for r in load_iris().data]
+    return [{"inputs": rows[i : i + 10]} for i in range(0, len(rows), 10)]
+
+
 def test_every_dashboard_expression_returns_series(
-    prometheus: str, gateway: str, registry: str, client: httpx.Client
+    prometheus: str, gateway: str, client: httpx.Client, roles: Roles
 ) -> None:
-    mlflow = MlflowClient(registry)
-    # A good shadow (agreement) and a rollout in progress (weights, step), under traffic.
-    mlflow.set_registered_model_alias("swapper", "shadow", "1")
-    mlflow.set_registered_model_alias("swapper", "champion", "2")
-    canary = mlflow.get_model_version_by_alias("canary", "champion").version
-    mlflow.set_registered_model_alias("canary", "challenger", "1" if canary != "1" else "2")
-    client.post("/admin/reload")
+    since = client.get("/admin/events", params={"limit": 1}).json()[-1]["seq"]
+    # A failed load: broken v2 raises on load (as a shadow, so nothing else changes). It
+    # loads (and fails) while the rest is set up.
+    roles.mlflow.set_registered_model_alias("broken", "shadow", "2")
+    roles.reload()
 
-    def shadow_beside_champion() -> bool:
-        status = client.get("/admin/models/swapper").json()
-        return (
-            status["serving_version"] == "2" and (status.get("shadow") or {}).get("version") == "1"
-        )
+    # A switch and a rollback: swapper out to its other version and back.
+    champion = roles.record("swapper").expected()["champion"]
+    assert champion is not None
+    other = "1" if champion == "2" else "2"
+    roles.set("swapper", champion=other)
+    back = client.post("/admin/models/swapper/rollback")
+    assert back.status_code == 200 and back.json()["switched"], back.text
 
-    # Both: requests served by v1 itself are never mirrored to v1.
-    wait_for(shadow_beside_champion, 300, "the shadow v1 beside champion v2")
+    # A good shadow (agreement) and a rollout in progress (weights, step), under traffic:
+    # the shadow is another version than the champion (a version is never its own shadow).
+    roles.set("swapper", champion=champion, shadow=other)
+    canary = roles.record("canary").expected()["champion"]
+    roles.set("canary", challenger="1" if canary != "1" else "2", shadow=None)
     Load(f"{gateway}/v1/models/swapper/predict", ROW, concurrency=4, min_requests=200).run()
     Load(f"{gateway}/v1/models/canary/predict", ROW, concurrency=4, min_requests=200).run()
+    # Drift figures: the training rows, more than a drift window needs, on iris.
+    Load(
+        f"{gateway}/v1/models/iris/predict", _training_rows(), concurrency=2, min_requests=15
+    ).run()
     client.post("/v1/models/iris/predict", json={"inputs": [{"bad": 1}]})  # a 4xx
+    wait_for(lambda: _events(client, since, "broken", "failure"), 240, "broken v2 to fail to load")
 
     missing: list[str] = []
     for title, expr in _dashboard_exprs():
@@ -98,14 +119,33 @@ def test_every_dashboard_expression_returns_series(
     assert not missing, "no series for:\n" + "\n".join(missing)
 
 
-def test_metrics_endpoint_has_modellane_metrics_for_every_model(metrics_port: int) -> None:
-    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-    lines = text.splitlines()
-    for metric in ("ray_modellane_model_load_seconds", "ray_modellane_requests_total"):
-        for model in ("iris", "minilm", "sentiment"):
-            assert any(line.startswith(metric) and f'model="{model}"' in line for line in lines), (
-                f"{metric} for {model}"
-            )
+def test_metrics_endpoint_has_modellane_metrics_for_every_model(
+    metrics_port: int, client: httpx.Client
+) -> None:
+    inputs = {"iris": [ROW["inputs"][0]], "minilm": ["a request"], "sentiment": ["a request"]}
+    for model, rows in inputs.items():  # a request to each, so each has a request count
+        answer = client.post(f"/v1/models/{model}/predict", json={"inputs": rows})
+        assert answer.status_code == 200, answer.text
+    wanted = [
+        (metric, model)
+        for metric in ("ray_modellane_model_load_seconds", "ray_modellane_requests_total")
+        for model in inputs
+    ]
+
+    def missing() -> list[tuple[str, str]]:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        lines = text.splitlines()
+        return [
+            (metric, model)
+            for metric, model in wanted
+            if not any(line.startswith(metric) and f'model="{model}"' in line for line in lines)
+        ]
+
+    # Ray exports what the replicas report every few seconds.
+    try:
+        wait_for(lambda: not missing(), 60, "every model's metrics", every_s=2)
+    except TimeoutError:
+        pytest.fail(f"no series for {missing()}")
 
 
 def test_request_id_is_kept_and_returned(client: httpx.Client) -> None:

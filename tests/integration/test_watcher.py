@@ -1,6 +1,7 @@
 """The registry watcher on real Ray Serve and a real MLflow server: promotions, rollbacks,
 broken versions, a registry outage and a re-applied config, each under load, none losing a
-request. The tests share one stack and run in file order (each leaves it serving)."""
+request. The tests share one stack; each sets up the roles it needs (``roles``) and
+leaves the stack as it found it (conftest's ``_stack_as_found``), so they run in any order."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ from ray import serve
 
 from tests.helpers import wait_for
 from tests.integration.conftest import (
+    SERVED_MODELS,
     MlflowServer,
     WebhookReceiver,
+    apply_config,
+    config_in_force,
     control_config,
     drift_settings,
     serve_deploy,
 )
+from tests.integration.roles import Roles
 from tests.load import Load, LoadResult
 
 pytestmark = pytest.mark.integration
@@ -64,9 +69,11 @@ def _assert_clean_switch(result: LoadResult, old: str, new: str, switch_time: fl
     assert {s.version for s in later} == {new}
 
 
-def test_swap_under_load_loses_no_request(client: httpx.Client, gateway: str, registry: str):
+def test_swap_under_load_loses_no_request(
+    client: httpx.Client, gateway: str, registry: str, roles: Roles
+):
     mlflow = MlflowClient(registry)
-    assert _serving(client, "swapper") == "1"
+    roles.set("swapper", champion="1", challenger=None, shadow=None)
     since = _last_seq(client)
     switched: dict[str, float] = {}
     load = Load(
@@ -98,7 +105,12 @@ def test_swap_under_load_loses_no_request(client: httpx.Client, gateway: str, re
     assert status["health"]["status"] == "RUNNING"
 
 
-def test_rollback_by_admin_api_under_load(client: httpx.Client, gateway: str, registry: str):
+def test_rollback_by_admin_api_under_load(
+    client: httpx.Client, gateway: str, registry: str, roles: Roles
+):
+    # v2 serving, v1 the previous champion and still warm.
+    roles.set("swapper", champion="1", challenger=None, shadow=None)
+    roles.set("swapper", champion="2")
     since = _last_seq(client)
     holder: dict[str, Any] = {}
     load = Load(
@@ -124,17 +136,21 @@ def test_rollback_by_admin_api_under_load(client: httpx.Client, gateway: str, re
 
 
 def test_moving_the_alias_back_by_hand_is_followed_within_one_poll(
-    client: httpx.Client, registry: str
+    client: httpx.Client, registry: str, roles: Roles
 ):
+    # v1 serving, v2 the previous champion and still warm.
+    roles.set("swapper", champion="2", challenger=None, shadow=None)
+    roles.set("swapper", champion="1")
     since = _last_seq(client)
     MlflowClient(registry).set_registered_model_alias("swapper", "champion", "2")
     wait_for(lambda: _serving(client, "swapper") == "2", POLL_S + 5, "the switch to v2")
     assert _find(client, "swapper", since, "deploy", "2") is None  # v2 was warm
 
 
-def test_no_previous_version_is_409(client: httpx.Client):
-    answer = client.post("/admin/models/minilm/rollback")
-    assert answer.status_code == 409
+def test_no_previous_version_is_409(client: httpx.Client, roles: Roles):
+    model = roles.without_previous(SERVED_MODELS)
+    answer = client.post(f"/admin/models/{model}/rollback")
+    assert answer.status_code == 409, answer.text
     assert answer.json()["error"]["code"] == "conflict"
     assert client.post("/admin/models/nope/rollback").status_code == 404
 
@@ -156,7 +172,16 @@ def test_promote_by_admin_api_moves_the_alias_and_follows_the_switch(
     assert unknown.status_code == 404
 
 
-def test_promotion_through_stage_production(client: httpx.Client, registry: str):
+def test_promotion_through_stage_production(client: httpx.Client, registry: str, roles: Roles):
+    # stageonly: no alias; v1 in stage Production serves.
+    roles.set(
+        "stageonly",
+        champion=None,
+        challenger=None,
+        shadow=None,
+        stages={"1": "Production", "2": "None"},
+    )
+    assert _serving(client, "stageonly") == "1"
     MlflowClient(registry).transition_model_version_stage(
         "stageonly", "2", "Production", archive_existing_versions=True
     )
@@ -172,9 +197,10 @@ def test_promotion_through_stage_production(client: httpx.Client, registry: str)
     [("2", "weights are corrupt"), ("3", "rejects its own input example")],
 )
 def test_broken_version_never_gets_traffic(
-    client: httpx.Client, gateway: str, registry: str, version: str, reason: str
+    client: httpx.Client, gateway: str, registry: str, roles: Roles, version: str, reason: str
 ):
     mlflow = MlflowClient(registry)
+    roles.set("broken", champion="1", challenger=None, shadow=None)
     since = _last_seq(client)
     seen: dict[str, Any] = {}
     load = Load(
@@ -201,8 +227,6 @@ def test_broken_version_never_gets_traffic(
     status = client.get("/admin/models/broken").json()
     assert status["serving_version"] == "1"
     assert any(f["version"] == version for f in status["failures"])
-
-    mlflow.set_registered_model_alias("broken", "champion", "1")
 
 
 def test_registry_outage_keeps_serving_and_resumes(
@@ -270,19 +294,32 @@ def test_every_gateway_replica_routes_to_the_new_version_within_1s(
         assert lag <= 1.0
 
 
-def test_replaced_version_is_deleted_after_keep_previous(client: httpx.Client):
-    # keep_previous_s is 90 in the test stack: the version swapper left is retired after it.
-    # (Before the config test below: events live in the watcher, which that test restarts.)
-    serving = _serving(client, "swapper")
-    old = f"swapper-v{'1' if serving == '2' else '2'}"
+def test_replaced_version_is_deleted_after_keep_previous(client: httpx.Client, roles: Roles):
+    # keep_previous_s is 90 in the test stack: the version replaced is retired after it.
+    # Out and back: the champion is the one found, and the other version is the one retired.
+    serving = roles.record("swapper").expected()["champion"]
+    assert serving is not None
+    other = "1" if serving == "2" else "2"
+    roles.set("swapper", champion=other)
+    since = _last_seq(client)
+    roles.set("swapper", champion=serving)
+    old = f"swapper-v{other}"
     wait_for(lambda: old not in serve.status().applications, 200, f"{old} to be deleted")
-    assert any(e["kind"] == "retire" for e in _events(client, "swapper"))
+    # The event follows the deletion (once serve.delete has returned).
+    wait_for(lambda: _find(client, "swapper", since, "retire", other), 30, "the retire event")
     assert client.post("/v1/models/swapper/predict", json=ROW).status_code == 200
 
 
 def test_serve_deploy_of_a_changed_config_under_load(
-    client: httpx.Client, gateway: str, registry: str, webhook: WebhookReceiver
+    client: httpx.Client,
+    gateway: str,
+    registry: str,
+    webhook: WebhookReceiver,
+    stack_config: dict[str, Any],
 ):
+    """iris on 2 replicas, 1 gateway replica, another poll interval: applied under load with
+    no request lost. The stack's own config goes back on after (the fault and protocol
+    tests need its 2 gateway replicas)."""
     apps_before = set(serve.status().applications)
     port = int(gateway.rsplit(":", 1)[1])
     config = control_config(registry, port, poll_interval_s=3, drift=drift_settings(webhook.url))
@@ -291,19 +328,15 @@ def test_serve_deploy_of_a_changed_config_under_load(
     for deployment in control["deployments"]:
         if deployment["name"] == "Gateway":
             deployment["num_replicas"] = 1
+    try:
+        _apply_under_load(client, gateway, config, apps_before)
+    finally:
+        apply_config(gateway, stack_config, models=("iris",))
 
-    def applied() -> bool:
-        apps = serve.status().applications
-        iris = apps["iris-v2"].deployments["ModelServer"].replica_states
-        gateways = apps["modellane"].deployments["Gateway"].replica_states
-        return (
-            apps["modellane"].status == "RUNNING"
-            and iris.get("RUNNING") == 2
-            and sum(iris.values()) == 2
-            and gateways.get("RUNNING") == 1
-            and sum(gateways.values()) == 1
-        )
 
+def _apply_under_load(
+    client: httpx.Client, gateway: str, config: dict[str, Any], apps_before: set[str]
+) -> None:
     done: dict[str, bool] = {}
     load = Load(
         f"{gateway}/v1/models/iris/predict",
@@ -314,10 +347,12 @@ def test_serve_deploy_of_a_changed_config_under_load(
         max_s=300,
     )
     with load:
-        wait_for(lambda: load.done() >= 100, 60, "load to warm up")
-        serve_deploy(config)
-        wait_for(applied, 240, "the new config in force", every_s=1)
-        done["yes"] = True
+        try:
+            wait_for(lambda: load.done() >= 100, 60, "load to warm up")
+            serve_deploy(config)
+            wait_for(lambda: config_in_force(config, ("iris",)), 240, "the new config", every_s=1)
+        finally:
+            done["yes"] = True  # the load ends, even where the wait failed
     assert not load.result.failed, load.result.failed[:3]
     assert apps_before - {"modellane"} <= set(serve.status().applications)
     assert client.get("/readyz").status_code == 200
