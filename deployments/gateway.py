@@ -20,12 +20,19 @@ from app.serving.dataplane import DataPlane
 from app.serving.http import RequestRecord, create_api
 from app.settings import AppArgs
 from deployments.backends import HandleBackend
-from deployments.metrics import gateway_metrics, status_class
+from deployments.metrics import gateway_metrics, status_class, watcher_metrics
 
 logger = logging.getLogger("ray.serve")
 access_log = logging.getLogger("ray.serve.modellane.access")
 
 _FIRST_TABLE_WAIT_S = 60.0
+_LONG_POLL_RETRY_S = 0.5
+
+# Failures the gateway survives, by operation (see :func:`_count_error`).
+OP_LONG_POLL = "routing table long-poll"
+OP_REPORT = "stats report"
+OP_METRICS = "gateway metrics"
+OP_LEASE = "rate limiter lease"
 
 
 class WatcherControl:
@@ -83,6 +90,8 @@ class Gateway:
         self._limiter = RateLimiter(_lease_over(limiter)) if limiter is not None else None
         self._replica = serve.get_replica_context().replica_id.unique_id
         self.dataplane = DataPlane(backend_for=HandleBackend.for_target)
+        #: operation -> how many of the app/ parts' failures are counted in Ray so far
+        self._exported: dict[str, int] = {}
         # Take the first table before this replica reports healthy, so that a replica
         # added or replaced under traffic never answers from an empty table.
         try:
@@ -92,7 +101,8 @@ class Gateway:
             if table is not None:
                 self.dataplane.update_table(RoutingTable.model_validate(table))
         except Exception as exc:  # the watcher may be starting too; follow it from here
-            logger.warning("no routing table yet: %s", exc)
+            logger.warning("no routing table yet: %r", exc)
+            _count_error(OP_LONG_POLL)
         loop = asyncio.get_running_loop()
         self._follow_task = loop.create_task(self._follow_table())
         self._report_task = loop.create_task(self._report_stats())
@@ -146,32 +156,53 @@ class Gateway:
     async def _follow_table(self) -> None:
         """Long-poll the watcher; install each newer routing table as soon as it exists."""
         while True:
-            try:
-                table = await self._watcher.wait_for_table.remote(
-                    self.dataplane.table.epoch, constants.DEFAULT_TABLE_WAIT_S
-                )
-            except Exception as exc:  # watcher restarting: keep the table in force, ask again
-                logger.warning("routing table long-poll failed: %s", exc)
-                await asyncio.sleep(0.5)
-                continue
-            if table is None:
-                continue
-            if self.dataplane.update_table(RoutingTable.model_validate(table)):
-                logger.info("routing table epoch %d in force", self.dataplane.table.epoch)
+            await self._follow_once()
+
+    async def _follow_once(self) -> None:
+        try:
+            answer = await self._watcher.wait_for_table.remote(
+                self.dataplane.table.epoch, constants.DEFAULT_TABLE_WAIT_S
+            )
+            table = None if answer is None else RoutingTable.model_validate(answer)
+        except Exception as exc:  # watcher restarting: keep the table in force, ask again
+            logger.warning("routing table long-poll failed: %r", exc)
+            _count_error(OP_LONG_POLL)
+            await asyncio.sleep(_LONG_POLL_RETRY_S)
+            return
+        if table is not None and self.dataplane.update_table(table):
+            logger.info("routing table epoch %d in force", self.dataplane.table.epoch)
 
     async def _report_stats(self) -> None:
         """Send this replica's live figures to the watcher, which judges rollouts on them,
         and set the gauges of traffic weights and shadow comparisons."""
         while True:
             await asyncio.sleep(constants.STATS_REPORT_S)
-            try:
-                self._set_gauges()
-            except Exception:
-                logger.exception("setting gauges failed")
-            try:
-                await self._watcher.report.remote(self._replica, self.dataplane.snapshot())
-            except Exception as exc:  # the watcher may be restarting; figures are cumulative
-                logger.debug("stats report failed: %s", exc)
+            await self._report_once()
+
+    async def _report_once(self) -> None:
+        try:
+            self._export_failures()
+            self._set_gauges()
+        except Exception:  # observing must never break serving
+            logger.exception("setting gauges failed")
+            _count_error(OP_METRICS)
+        try:
+            await self._watcher.report.remote(self._replica, self.dataplane.snapshot())
+        except Exception as exc:  # the watcher may be restarting; figures are cumulative
+            logger.warning("stats report to the watcher failed: %r", exc)
+            _count_error(OP_REPORT)
+
+    def _export_failures(self) -> None:
+        """Count in Ray what the app/ parts counted since the last export (app/ never
+        imports Ray): the request observer's failures, the rate limiter's failed leases."""
+        totals = dict(self.dataplane.failures)
+        if self._limiter is not None:
+            totals[OP_LEASE] = self._limiter.central_failures
+        for operation, total in totals.items():
+            new = total - self._exported.get(operation, 0)
+            if new > 0:
+                _count_error(operation, new)
+                self._exported[operation] = total
 
     def _set_gauges(self) -> None:
         metrics = gateway_metrics()
@@ -195,6 +226,18 @@ class Gateway:
                     metrics.shadow_latency_ratio.set(stats.latency_ratio, tags=tags)
                 metrics.shadow_dropped.set(stats.dropped, tags=tags)
                 metrics.shadow_errors.set(stats.errors + stats.timeouts, tags=tags)
+
+
+def _count_error(operation: str, times: int = 1) -> None:
+    """Count a failure the gateway survived, and logged, by operation.
+
+    The counter is ``modellane_control_errors_total`` (labels model, operation): the
+    failures counted here are the gateway's calls to the control plane (the watcher's
+    long-poll and reports, the central rate limiter) and its own observing, never a
+    client's error answer (those are ``modellane_errors_total``). Ray labels each series
+    with the deployment, so the watcher's own errors stay apart.
+    """
+    watcher_metrics().control_errors.inc(times, tags={"model": "", "operation": operation})
 
 
 def _lease_over(limiter: DeploymentHandle) -> LeaseFn:

@@ -11,11 +11,13 @@ import asyncio
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import ray
+from pydantic import ValidationError
 from ray import serve
 from starlette.requests import Request
 
@@ -24,9 +26,15 @@ from app.quality.drift import BASELINE_ARTIFACT, Baseline, DriftMonitor
 from app.serving.errors import InvalidInput, ModelFailed, ModellaneError
 from app.serving.validation import InputSpec, parse_inputs, to_jsonable
 from app.settings import BatchSettings
-from deployments.metrics import model_metrics
+from deployments.metrics import model_metrics, watcher_metrics
 
 logger = logging.getLogger("ray.serve")
+
+# Failures a model server survives, by operation (see :func:`_count_error`).
+OP_PREDICT = "predict"
+OP_TOKENS = "token count"
+OP_FAST_PREDICT = "fast predict probe"
+OP_BASELINE = "drift baseline parse"
 
 
 @serve.deployment(
@@ -81,7 +89,7 @@ class ModelServer:
             raise RuntimeError(
                 f"{model} v{version} failed on its own input example: {answer['error']['message']}"
             )
-        self._infer = _fast_predict(self._model, self.spec, self.example, answer["outputs"])
+        self._infer = _fast_predict(self._model, self.spec, self.example, answer["outputs"], model)
         #: One row of the answer to the input example: the shape of every answer (metadata).
         self.example_output = answer["outputs"][:1]
         self.warmup_s = time.monotonic() - started - self.load_s
@@ -200,6 +208,7 @@ class ModelServer:
                 raise ValueError(f"{len(outputs)} outputs for {len(data)} input rows")
         except Exception as exc:  # a model's failure is the client's 500, never the replica's end
             logger.exception("%s v%s raised on predict", self.model_name, self.version)
+            _count_error(self.model_name, OP_PREDICT)
             return None, exc
         tags = getattr(self, "_tags", None)
         if tags is not None:  # not during warm-up
@@ -235,6 +244,11 @@ class ModelServer:
             ids = self._tokenizer(data, add_special_tokens=True)["input_ids"]
             return int(sum(min(len(row), self._max_tokens) for row in ids))
         except Exception:  # usage is a courtesy: never fail a prediction over it
+            logger.warning(
+                "%s v%s: counting tokens failed, answered without usage",
+                self.model_name, self.version, exc_info=True,
+            )  # fmt: skip
+            _count_error(self.model_name, OP_TOKENS)
             return None
 
 
@@ -271,14 +285,27 @@ def _place(model: Any, gpu_ids: list[Any]) -> str:
     return device
 
 
-def _fast_predict(model: Any, spec: InputSpec, example: Any, expected: list[Any]) -> Any:
+def _count_error(model: str, operation: str) -> None:
+    """Count a failure the model server survived, and logged, by operation.
+
+    The counter is ``modellane_control_errors_total`` (labels model, operation), the one
+    with an operation label; Ray labels each series with the deployment (ModelServer), so
+    these stay apart from the watcher's own errors.
+    """
+    watcher_metrics().control_errors.inc(tags={"model": model, "operation": operation})
+
+
+def _fast_predict(
+    model: Any, spec: InputSpec, example: Any, expected: list[Any], name: str = ""
+) -> Any:
     """The flavor's own predict function, where it gives the same answer as ``predict``.
 
     ``PyFuncModel.predict`` checks every input against the signature again (pandas copies,
     a schema walk, ``inspect.signature`` on each call), after ``parse_inputs`` has done the
     same check; for a small model that doubles the time of a request. The direct function
     is used only for models without parameters whose answer to the input example is the
-    same either way; anything else keeps ``predict``.
+    same either way; anything else keeps ``predict``. ``name`` is the registered model's,
+    for the count of probes that raised.
     """
     direct = _flavor_predict(model)
     if direct is None or model.metadata.get_params_schema() is not None:
@@ -286,8 +313,12 @@ def _fast_predict(model: Any, spec: InputSpec, example: Any, expected: list[Any]
     try:
         if to_jsonable(direct(parse_inputs(spec, example))) == expected:
             return direct
-    except Exception as exc:
-        logger.info("%s: predict() kept: %s", type(model).__name__, str(exc)[:200])
+    except Exception as exc:  # any model code may raise here: the probe keeps predict()
+        logger.info(
+            "%s: predict() kept, the flavor's own function raised: %s: %s",
+            type(model).__name__, type(exc).__name__, str(exc)[:200], exc_info=True,
+        )  # fmt: skip
+        _count_error(name, OP_FAST_PREDICT)
     return model.predict
 
 
@@ -324,7 +355,7 @@ def _tokenizer_of(model: Any, spec: InputSpec) -> tuple[Any, int]:
         return None, 0
     try:
         raw = model.get_raw_model()
-    except Exception:
+    except NotImplementedError:  # what PyFuncModel raises for a flavor without a raw model
         return None, 0
     tokenizer = getattr(raw, "tokenizer", None)
     if tokenizer is None or not callable(tokenizer):
@@ -334,22 +365,47 @@ def _tokenizer_of(model: Any, spec: InputSpec) -> tuple[Any, int]:
 
 
 def _load_baseline(model: str, version: str, tracking_uri: str) -> Baseline | None:
-    """The drift baseline logged with the version's run, if there is one."""
+    """The drift baseline logged with the version's run; None only where there is none.
+
+    A read that fails raises, so the load fails and the watcher tries the version again
+    later: a failed read is never taken for "no baseline" (the model itself came from the
+    same server a moment before). A baseline that is there but does not parse (written by
+    another schema) is logged and counted, and the version serves without drift figures:
+    drift is never worth a version that cannot serve.
+    """
     import mlflow
     from mlflow import MlflowClient
 
-    try:
-        run_id = MlflowClient(tracking_uri).get_model_version(model, version).run_id
-        if not run_id:
-            return None
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=BASELINE_ARTIFACT, tracking_uri=tracking_uri
-        )
-        with open(path) as f:
-            return Baseline.model_validate_json(f.read())
-    except Exception as exc:  # no baseline: no drift figures, serving goes on
-        logger.info("%s v%s has no drift baseline: %s", model, version, str(exc)[:200])
+    client = MlflowClient(tracking_uri)
+    run_id = client.get_model_version(model, version).run_id
+    if not run_id or BASELINE_ARTIFACT not in _run_artifacts(client, run_id):
+        logger.info("%s v%s has no drift baseline: no drift figures", model, version)
         return None
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=BASELINE_ARTIFACT, tracking_uri=tracking_uri
+    )
+    data = Path(path).read_bytes()
+    try:
+        return Baseline.model_validate_json(data)
+    except ValidationError:
+        logger.exception(
+            "%s v%s: its drift baseline does not parse: no drift figures", model, version
+        )
+        _count_error(model, OP_BASELINE)
+        return None
+
+
+def _run_artifacts(client: Any, run_id: str) -> set[str]:
+    """The paths at the top of a run's artifacts; none where the run is gone (deleted
+    for good: the version's model lives apart from it)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return {f.path for f in client.list_artifacts(run_id)}
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise  # a failed read, not an answer
+        return set()
 
 
 def _example_as_inputs(spec: InputSpec, example: Any) -> Any:

@@ -30,7 +30,8 @@ When the central bucket is unreachable
     with the key's full rate and burst (fail open, but still limited): each replica then
     enforces the whole limit alone, so the key may get up to ``replicas`` times its
     limit until the central bucket answers again. The replica retries the central bucket
-    after ``CENTRAL_RETRY_S`` and logs a warning at most once per key per minute.
+    after ``CENTRAL_RETRY_S``, logs a warning at most once per key per minute and counts
+    every failed call (:attr:`RateLimiter.central_failures`).
 """
 
 from __future__ import annotations
@@ -182,6 +183,9 @@ class RateLimiter:
         # Keyed by key name; bounded by the number of configured keys.
         self._states: dict[str, _KeyState] = {}
         self._central_down_until = -math.inf
+        #: Lease calls that raised, each a fall back to local buckets (the warning is
+        #: throttled; this counts every one, and the gateway exports it as a metric).
+        self.central_failures = 0
 
     def local_tokens(self, key: str) -> int:
         """Tokens left in the local lease of ``key`` (expired or not)."""
@@ -214,7 +218,8 @@ class RateLimiter:
                 granted, retry_after_s = await self._lease_fn(
                     key, rate_per_s, burst, lease_size(rate_per_s, burst)
                 )
-            except Exception as exc:
+            except Exception as exc:  # the central bucket is down: fail open, still limited
+                self.central_failures += 1
                 now = self._clock()
                 self._central_down_until = now + CENTRAL_RETRY_S
                 if now - state.warned_at >= WARN_EVERY_S:

@@ -18,8 +18,8 @@ import asyncio
 import logging
 import random
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from app.control.routing import ModelRoutes, RoutingTable, Target
@@ -30,6 +30,10 @@ from app.schemas import ModelList, PredictResponse
 from app.serving.errors import ModellaneError, ModelNotFound, ModelUnavailable, from_body
 
 logger = logging.getLogger("modellane.dataplane")
+
+#: What comparing two answers raises when their shapes or values do not go together (a
+#: missing ``outputs``, rows of other types, numbers too large for a float).
+_INCOMPARABLE = (LookupError, TypeError, ValueError, AttributeError, ArithmeticError)
 
 
 class ModelBackend(Protocol):
@@ -75,6 +79,9 @@ class DataPlane:
         #: app name -> metadata of that version (versions never change once registered)
         self._metadata: dict[str, dict[str, Any]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        #: operation -> failures this replica survived off the client's answer, each logged
+        #: (the gateway deployment exports them as a metric; app/ never imports Ray)
+        self.failures: Counter[str] = Counter()
 
     @property
     def table(self) -> RoutingTable:
@@ -248,11 +255,10 @@ class DataPlane:
             stats.dropped += 1
             return
         self._mirrors_in_flight[routes.name] += 1
-        task = asyncio.get_running_loop().create_task(
-            self._run_mirror(
-                routes, call, stats, inputs, served_outputs, served_latency_s, reference_is_call
-            )
+        mirror = self._run_mirror(
+            routes, call, stats, inputs, served_outputs, served_latency_s, reference_is_call
         )
+        task = asyncio.get_running_loop().create_task(_guarded(mirror, call, stats))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -274,7 +280,7 @@ class DataPlane:
         except TimeoutError:
             stats.timeouts += 1
             return
-        except Exception as exc:  # a mirror's failure is counted, never raised
+        except ModellaneError as exc:  # the version failed or is unavailable: as an error answer
             logger.debug("mirrored call to %s failed: %s", call.app_name, exc)
             stats.errors += 1
             return
@@ -291,8 +297,8 @@ class DataPlane:
             else:
                 comparison = compare_outputs(served_outputs, answer["outputs"])
                 ratio = mirror_latency_s / max(served_latency_s, 1e-9)
-        except Exception as exc:  # answers of shapes that cannot be compared count as errors
-            logger.debug("answers of %s not comparable: %s", call.app_name, exc)
+        except _INCOMPARABLE as exc:  # answers of shapes that cannot be compared count as errors
+            logger.debug("answers of %s not comparable: %r", call.app_name, exc)
             stats.errors += 1
             return
         stats.add(comparison, ratio)
@@ -316,6 +322,15 @@ class DataPlane:
         if not self._table.models:
             return {"*": "no routing table received yet"}
         return self._table.unready()
+
+
+async def _guarded(mirror: Awaitable[None], call: Target, stats: ComparisonStats) -> None:
+    """Run a mirrored call; what it raises unexpectedly is logged and counted, never raised."""
+    try:
+        await mirror
+    except Exception:  # a mirror never touches the client's answer, nor ends the replica
+        logger.exception("mirrored call to %s failed", call.app_name)
+        stats.errors += 1
 
 
 def _response(target: Target, answer: dict[str, Any]) -> PredictResponse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,12 +123,20 @@ _PREDICT_PATH = re.compile(
 STATE_MODEL = "modellane_model"
 
 
-class ObservePredictions:
-    """Hand every prediction request's outcome to ``observer``, after the answer is sent."""
+#: The operation under which an observer's failure is counted (``DataPlane.failures``).
+OBSERVER_FAILED = "request observer"
 
-    def __init__(self, app: ASGIApp, observer: Observer) -> None:
+
+class ObservePredictions:
+    """Hand every prediction request's outcome to ``observer``, after the answer is sent.
+
+    An observer that raises is logged and counted in ``failures``; the answer stands.
+    """
+
+    def __init__(self, app: ASGIApp, observer: Observer, failures: Counter[str]) -> None:
         self.app = app
         self.observer = observer
+        self.failures = failures
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -169,6 +178,7 @@ class ObservePredictions:
                 )
             except Exception:  # observing must never break serving
                 logger.exception("request observer failed")
+                self.failures[OBSERVER_FAILED] += 1
 
 
 def _field_of(loc: tuple[Any, ...]) -> str:
@@ -211,7 +221,9 @@ def create_api(
     if authenticator is not None:
         api.add_middleware(AccessControl, authenticator=authenticator, limiter=limiter)
     if observer is not None:
-        api.add_middleware(ObservePredictions, observer=observer)  # outermost: sees 4xx too
+        # Outermost: sees 4xx too. Its failures count with the data plane's, which the
+        # gateway exports.
+        api.add_middleware(ObservePredictions, observer=observer, failures=dataplane.failures)
 
     def answer(
         request: Request, body: dict[str, Any], status: int, headers: Any = None

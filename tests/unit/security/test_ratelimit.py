@@ -383,6 +383,7 @@ def test_fallback_to_a_local_bucket_when_the_central_bucket_is_unreachable(
     assert len(warnings) == 1
     assert "unreachable" in warnings[0].getMessage()
     assert "ConnectionError" in warnings[0].getMessage()
+    assert limiter.central_failures == 1
 
 
 def test_fallback_retries_the_central_bucket_and_warns_once_per_key_per_minute(
@@ -397,12 +398,15 @@ def test_fallback_retries_the_central_bucket_and_warns_once_per_key_per_minute(
         for _ in range(20):  # 20 s of outage, a request every second
             await limiter.admit("k", 1, 1)
             clock.advance(CENTRAL_RETRY_S)
-        # A call after each pause (each finding the local lease empty), one warning.
+        # A call after each pause (each finding the local lease empty), one warning; every
+        # failed call counted all the same.
         assert len(central.calls) == 20
         assert len(caplog.records) == 1
+        assert limiter.central_failures == 20
         clock.advance(WARN_EVERY_S)
         await limiter.admit("k", 1, 1)
         assert len(caplog.records) == 2
+        assert limiter.central_failures == 21
         # Back: leases come from the central bucket again.
         central.fail = None
         clock.advance(CENTRAL_RETRY_S)
@@ -410,6 +414,7 @@ def test_fallback_retries_the_central_bucket_and_warns_once_per_key_per_minute(
         assert limiter.local_tokens("k") == 0
         assert len(central.calls) == 22
         assert "k" in central.buckets
+        assert limiter.central_failures == 21  # the call that answered is no failure
 
     with caplog.at_level(logging.WARNING, logger="modellane.ratelimit"):
         run(go())
@@ -447,6 +452,7 @@ def test_cancellation_is_not_taken_for_an_unreachable_central_bucket() -> None:
             await task
 
     run(go())
+    assert limiter.central_failures == 0
 
 
 @pytest.mark.parametrize(("rate", "burst"), [(0, 1), (1, 0)])
