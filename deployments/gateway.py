@@ -20,7 +20,7 @@ from app.serving.dataplane import DataPlane
 from app.serving.http import RequestRecord, create_api
 from app.settings import AppArgs
 from deployments.backends import HandleBackend
-from deployments.metrics import gateway_metrics, status_class, watcher_metrics
+from deployments.metrics import gateway_metrics, serving_errors, status_class
 
 logger = logging.getLogger("ray.serve")
 access_log = logging.getLogger("ray.serve.modellane.access")
@@ -231,13 +231,12 @@ class Gateway:
 def _count_error(operation: str, times: int = 1) -> None:
     """Count a failure the gateway survived, and logged, by operation.
 
-    The counter is ``modellane_control_errors_total`` (labels model, operation): the
+    The counter is ``modellane_serving_errors_total`` (labels model, operation): the
     failures counted here are the gateway's calls to the control plane (the watcher's
     long-poll and reports, the central rate limiter) and its own observing, never a
-    client's error answer (those are ``modellane_errors_total``). Ray labels each series
-    with the deployment, so the watcher's own errors stay apart.
+    client's error answer (those are ``modellane_errors_total``).
     """
-    watcher_metrics().control_errors.inc(times, tags={"model": "", "operation": operation})
+    serving_errors().inc(times, tags={"model": "", "operation": operation})
 
 
 def _lease_over(limiter: DeploymentHandle) -> LeaseFn:

@@ -159,6 +159,18 @@ def watcher_metrics() -> WatcherMetrics:
     )
 
 
+@functools.cache
+def serving_errors() -> Counter:
+    """Failures the data plane survived and logged, by operation (it has no event log)."""
+    return Counter(
+        "modellane_serving_errors_total",
+        "Failures the gateway or a model server survived and logged: the watcher's "
+        "long-poll and stats reports, gauges, the request observer, rate limiter leases; "
+        "a model's predict, token count, fast-predict probe, drift baseline parse.",
+        tag_keys=_keys("model", "operation"),
+    )
+
+
 @dataclass(frozen=True)
 class GpuMetrics:
     memory_used: Gauge

@@ -26,7 +26,7 @@ from app.quality.drift import BASELINE_ARTIFACT, Baseline, DriftMonitor
 from app.serving.errors import InvalidInput, ModelFailed, ModellaneError
 from app.serving.validation import InputSpec, parse_inputs, to_jsonable
 from app.settings import BatchSettings
-from deployments.metrics import model_metrics, watcher_metrics
+from deployments.metrics import model_metrics, serving_errors
 
 logger = logging.getLogger("ray.serve")
 
@@ -288,11 +288,9 @@ def _place(model: Any, gpu_ids: list[Any]) -> str:
 def _count_error(model: str, operation: str) -> None:
     """Count a failure the model server survived, and logged, by operation.
 
-    The counter is ``modellane_control_errors_total`` (labels model, operation), the one
-    with an operation label; Ray labels each series with the deployment (ModelServer), so
-    these stay apart from the watcher's own errors.
+    The counter is ``modellane_serving_errors_total`` (labels model, operation).
     """
-    watcher_metrics().control_errors.inc(tags={"model": model, "operation": operation})
+    serving_errors().inc(tags={"model": model, "operation": operation})
 
 
 def _fast_predict(

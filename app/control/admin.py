@@ -156,6 +156,7 @@ class Admin:
         try:
             await self._registry.set_champion(name, target)
         except Exception as exc:
+            memory.note_error("move of alias 'champion'", exc, name, target, then="not moved")
             raise ModellaneError(
                 f"could not move alias 'champion' of {name!r} to version {target}: {exc}",
                 model=name,

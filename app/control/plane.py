@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
+from app import constants
 from app.control.admin import Admin
 from app.control.events import EventLog
 from app.control.lifecycle import Lifecycle
@@ -70,6 +71,7 @@ def build(
     clock: Clock,
     metrics: ControlMetrics,
     post_alert: PostAlert = post_json,
+    switch_wait_s: float = constants.DEFAULT_ROLLBACK_WAIT_S,
 ) -> ControlParts:
     memory = ControlMemory(args, EventLog(clock=clock.time), clock, metrics)
     wake_event = asyncio.Event()
@@ -84,7 +86,9 @@ def build(
         rollouts=rollouts,
         lifecycle=lifecycle,
         reconciler=Reconciler(memory, serve, registry, lifecycle, publisher, outbox),
-        admin=Admin(memory, serve, registry, lifecycle, rollouts, publisher, wake_event.set),
+        admin=Admin(
+            memory, serve, registry, lifecycle, rollouts, publisher, wake_event.set, switch_wait_s
+        ),
         drift=DriftMonitor(memory, serve, post_alert),
         wake_event=wake_event,
     )

@@ -39,19 +39,19 @@ class Reconciler:
         self._outbox = outbox
         self.registry_ok = True
         self._no_champion: set[str] = set()
-        self._first = True
+        #: models rebuilt after the (re)start: adoption happens at a model's first good read
+        self._rebuilt: set[str] = set()
 
     async def run_pass(self) -> None:
         """One pass. The first one rebuilds the memory after a (re)start; until it ends,
         nothing is published (and if it fails, tables are not held back for good)."""
         try:
-            await self._pass(self._first)
-            self._first = False  # a failed first pass is done again, adoption included
+            await self._pass()
         finally:
             if self._publisher.rebuilding:
                 self._publisher.finish_rebuild()
 
-    async def _pass(self, first: bool) -> None:
+    async def _pass(self) -> None:
         memory = self._memory
         self._lifecycle.statuses = await self._serve.statuses()
         names = list(memory.args.models)
@@ -74,7 +74,9 @@ class Reconciler:
                 roles = desired_roles(read)
                 memory.desired_roles[name] = roles
                 self._note_champion(name, roles.get(constants.ROLE_CHAMPION))
+                first = name not in self._rebuilt
                 await self._lifecycle.reconcile_model(name, read, roles, first)
+                self._rebuilt.add(name)  # a pass that failed for it adopts again next time
         self._publisher.publish()
 
     def _note_registry(self, error: BaseException | None) -> None:

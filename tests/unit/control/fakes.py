@@ -283,7 +283,8 @@ def make_stack(models: dict[str, dict[str, Any]] | None = None, **args: Any) -> 
     async def post(url: str, payload: dict[str, Any]) -> None:
         alerts.append(payload)
 
-    parts = build(settings, serve, registry, clock, metrics, post_alert=post)
+    # An admin action answers after 2 s without a switch (120 s in production).
+    parts = build(settings, serve, registry, clock, metrics, post_alert=post, switch_wait_s=2)
     return Stack(parts, serve, registry, clock, metrics, alerts)
 
 

@@ -287,16 +287,22 @@ async def test_any_registry_call_failing_keeps_serving_and_converges_once_it_ans
     stack.registry.alias("iris", "champion", "1")
     stack.registry.model_tags["iris"][constants.TAG_PREVIOUS_CHAMPION] = "3"
     stack.serve.apps["iris-v1"] = "RUNNING"  # a restart: v1 runs already
-    stack.registry.failing.add(failing)
+    if failing != "versions":  # without versions there is nothing to adopt (test below)
+        stack.registry.failing.add(failing)
     for step in range(4):
         if step == 1:
+            stack.registry.failing.add(failing)
             stack.registry.alias("iris", "champion", "2")
             stack.registry.alias("iris", "challenger", "3")
         await stack.reconcile()  # never raises: every failure is noted and retried
         champion = stack.serving("iris")
         assert champion is None or stack.serve.apps[f"iris-v{champion}"] == "RUNNING"
+    rollback = asyncio.create_task(stack.parts.admin.rollback("iris"))
+    for _ in range(5):  # the watcher's loop, following the alias where it moved
+        if not rollback.done():
+            await stack.reconcile()
     try:
-        await stack.parts.admin.rollback("iris")  # answered at once: no switch can follow
+        await asyncio.wait_for(rollback, 5)  # switched, or not followed within 2 s
     except ModellaneError as exc:
         assert exc.status in (409, 500, 503), exc
     assert stack.registry.calls.get(failing), f"the scenario never called {failing}"
@@ -311,3 +317,23 @@ async def test_any_registry_call_failing_keeps_serving_and_converges_once_it_ans
     assert stack.parts.outbox.pending() == []
     assert stack.registry.model_tags["iris"][constants.TAG_PREVIOUS_CHAMPION] == "1"
     assert json.loads(stack.registry.tags("iris", "3")[constants.TAG_ROLLOUT])["step"] == 0
+
+
+@async_test
+async def test_a_model_the_registry_could_not_list_at_a_restart_is_adopted_at_its_first_read() -> (
+    None
+):
+    stack = make_stack()
+    stack.registry.register("iris", "1", "2")
+    stack.registry.alias("iris", "champion", "2")
+    stack.registry.model_tags["iris"][constants.TAG_PREVIOUS_CHAMPION] = "1"
+    stack.serve.apps.update({V1: "RUNNING", V2: "RUNNING"})
+    stack.registry.failing.add("versions")
+    await stack.reconcile()
+    assert stack.parts.publisher.table.models["iris"].champion is None  # published, empty
+    stack.registry.failing.clear()
+    await stack.reconcile()
+    assert stack.serving("iris") == "2"
+    assert stack.events(ev.ADOPT) == ["adopt v2: took over running iris-v2"]
+    previous = stack.parts.memory.states["iris"].previous
+    assert previous is not None and previous.version == "1"

@@ -1,5 +1,5 @@
 """Failures the gateway and the model server survive are logged and counted
-(``modellane_control_errors_total``, by operation), never silent; a failed read of a drift
+(``modellane_serving_errors_total``, by operation), never silent; a failed read of a drift
 baseline is never taken for "no baseline". Driven without Ray and without MLflow: fakes
 stand for the watcher's handle, the registry and the metric."""
 
@@ -38,18 +38,13 @@ class FakeCounter:
         self.counts[key] = self.counts.get(key, 0) + value
 
 
-class FakeWatcherMetrics:
-    def __init__(self) -> None:
-        self.control_errors = FakeCounter()
-
-
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> Counts:
     """What the gateway and the model server count: (model, operation) -> count."""
-    metrics = FakeWatcherMetrics()
-    monkeypatch.setattr("deployments.gateway.watcher_metrics", lambda: metrics)
-    monkeypatch.setattr("deployments.model_server.watcher_metrics", lambda: metrics)
-    return metrics.control_errors.counts
+    counter = FakeCounter()
+    monkeypatch.setattr("deployments.gateway.serving_errors", lambda: counter)
+    monkeypatch.setattr("deployments.model_server.serving_errors", lambda: counter)
+    return counter.counts
 
 
 # -- the gateway -------------------------------------------------------------------------
