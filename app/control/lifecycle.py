@@ -168,15 +168,30 @@ class Lifecycle:
 
     async def _adopt_running(self, name: str, desired: Desired | None) -> None:
         """Take over what already runs, re-applying today's settings."""
-        if desired is not None and self.statuses.get(
-            constants.version_app_name(name, desired.version)
-        ) == RUNNING:  # fmt: skip
+        app_name = constants.version_app_name(name, desired.version) if desired else ""
+        status = self.statuses.get(app_name)
+        if desired is not None and status == RUNNING:
             # A no-op when nothing changed; new replica settings from a re-applied
             # serve_config.yaml take effect here, as a rolling update.
             await self._serve.deploy(name, desired.version)
             self.switch(name, desired, adopted=True)
+        elif desired is not None and status is not None and await self._serving(app_name):
+            # Serve is bringing replicas back (a node was lost) while others serve: the
+            # gateways route there already, and a replica only runs once its version
+            # loaded and validated. Adopt it; Serve finishes the recovery on its own.
+            self.switch(name, desired, adopted=True)
         self._previous_unknown.add(name)
         await self._read_previous(name, desired)
+
+    async def _serving(self, app_name: str) -> bool:
+        """Whether ``app_name`` has a replica that runs (loaded and validated)."""
+        try:
+            details = await self._serve.details()
+        except Exception as exc:
+            self._memory.note_error(f"replica states of {app_name}", exc)
+            return False  # not adopted now: deployed (a no-op for what runs) and switched
+        replicas: dict[str, int] = details.get(app_name, {}).get("replicas", {})
+        return replicas.get(RUNNING, 0) > 0
 
     async def _read_previous(self, name: str, desired: Desired | None) -> None:
         """The champion before this one (a model tag), where it still runs: the target

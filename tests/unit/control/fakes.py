@@ -75,6 +75,8 @@ class FakeServe:
         #: call names ("statuses", "delete", ...) that raise until removed
         self.failing: set[str] = set()
         self.drift_reports: dict[str, dict[str, Any]] = {}
+        #: app name -> replica states, where not one RUNNING replica per app
+        self.replicas: dict[str, dict[str, int]] = {}
 
     def _check(self, call: str) -> None:
         if call in self.failing:
@@ -86,7 +88,10 @@ class FakeServe:
 
     async def details(self) -> dict[str, dict[str, Any]]:
         self._check("details")
-        return {name: {"status": s, "replicas": {"RUNNING": 1}} for name, s in self.apps.items()}
+        return {
+            name: {"status": s, "replicas": self.replicas.get(name, {"RUNNING": 1})}
+            for name, s in self.apps.items()
+        }
 
     async def deploy(self, model: str, version: str) -> None:
         app = constants.version_app_name(model, version)

@@ -337,3 +337,26 @@ async def test_a_model_the_registry_could_not_list_at_a_restart_is_adopted_at_it
     assert stack.events(ev.ADOPT) == ["adopt v2: took over running iris-v2"]
     previous = stack.parts.memory.states["iris"].previous
     assert previous is not None and previous.version == "1"
+
+
+@pytest.mark.parametrize(
+    ("replicas", "adopted"),
+    [({"RUNNING": 1, "STARTING": 1}, True), ({"STARTING": 2}, False)],
+)
+@async_test
+async def test_a_restart_while_serve_recovers_replicas_adopts_only_a_version_with_one_running(
+    replicas: dict[str, int], adopted: bool
+) -> None:
+    stack = make_stack()
+    stack.registry.register("iris", "1")
+    stack.registry.alias("iris", "champion", "1")
+    stack.serve.apps[V1] = "DEPLOYING"  # a node was lost; Serve brings its replicas back
+    stack.serve.replicas[V1] = replicas
+    gate = stack.serve.gates[V1] = asyncio.Event()
+    await stack.parts.reconciler.run_pass()
+    await run_ready()
+    assert stack.serving("iris") == ("1" if adopted else None)
+    assert bool(stack.events(ev.ADOPT)) is adopted
+    gate.set()
+    await stack.parts.lifecycle.settle()
+    assert stack.serving("iris") == "1"
