@@ -7,14 +7,10 @@ control plane then follows; an answer waits for the switch where there is one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from app import constants
 from app.control import events as ev
+from app.control.context import ControlContext
 from app.control.lifecycle import Lifecycle
-from app.control.memory import ControlMemory
-from app.control.ports import RegistryPort, ServePort
-from app.control.publisher import Publisher
 from app.control.rollouts import RolloutDriver
 from app.control.routing import Target
 from app.schemas import FailureInfo, ModelStatus, ReplicaHealth, RoleInfo, RollbackResult
@@ -24,31 +20,23 @@ from app.serving.errors import Conflict, ModellaneError, ModelNotFound, Registry
 class Admin:
     def __init__(
         self,
-        memory: ControlMemory,
-        serve: ServePort,
-        registry: RegistryPort,
+        ctx: ControlContext,
         lifecycle: Lifecycle,
         rollouts: RolloutDriver,
-        publisher: Publisher,
-        wake: Callable[[], None],
         switch_wait_s: float = constants.DEFAULT_ROLLBACK_WAIT_S,
     ) -> None:
-        self._memory = memory
-        self._serve = serve
-        self._registry = registry
+        self._ctx = ctx
         self._lifecycle = lifecycle
         self._rollouts = rollouts
-        self._publisher = publisher
-        self._wake = wake
         self._switch_wait_s = switch_wait_s
 
     async def status(self, name: str) -> ModelStatus:
-        memory = self._memory
+        memory = self._ctx.memory
         state = memory.state(name)
         now = memory.clock.time()
         health = None
         if state.champion is not None:
-            details = await self._serve.details()
+            details = await self._ctx.serve.details()
             app = details.get(state.champion.app_name)
             health = ReplicaHealth(
                 app=state.champion.app_name,
@@ -75,7 +63,7 @@ class Admin:
                 for f in state.failures.values()
             ],
             versions=memory.versions.get(name, []),
-            epoch=self._publisher.table.epoch,
+            epoch=self._ctx.publisher.table.epoch,
             challenger=self._role_info(name, state.challenger, weight=state.weight),
             shadow=self._role_info(name, state.shadow, fraction=memory.shadow_fraction(name)),
             rollout=self._rollouts.info(name),
@@ -90,7 +78,7 @@ class Admin:
     ) -> RoleInfo | None:
         if target is None:
             return None
-        comparison = self._memory.agreement_total(name, target.version)
+        comparison = self._ctx.memory.agreement_total(name, target.version)
         compared = comparison.compared or comparison.errors or comparison.timeouts
         return RoleInfo(
             version=target.version,
@@ -111,14 +99,14 @@ class Admin:
 
     async def rollback(self, name: str) -> RollbackResult:
         """Move ``champion`` back to the previous champion in MLflow, then follow it."""
-        memory = self._memory
+        memory = self._ctx.memory
         state = memory.state(name)
         started = memory.clock.monotonic()
         current = state.champion.version if state.champion else None
         target = state.previous.version if state.previous else None
         if target is None:
             try:
-                target = await self._registry.model_tag(name, constants.TAG_PREVIOUS_CHAMPION)
+                target = await self._ctx.registry.model_tag(name, constants.TAG_PREVIOUS_CHAMPION)
             except Exception as exc:
                 memory.note_error(
                     "read of the previous champion", exc, name, then="not rolled back"
@@ -134,7 +122,7 @@ class Admin:
 
     async def promote(self, name: str, version: str) -> RollbackResult:
         """Move ``champion`` to ``version`` in MLflow, then follow the switch."""
-        memory = self._memory
+        memory = self._ctx.memory
         state = memory.state(name)
         started = memory.clock.monotonic()
         if version not in {v.version for v in memory.versions.get(name, [])}:
@@ -151,10 +139,10 @@ class Admin:
         self, name: str, target: str, kind: str, why: str, started: float
     ) -> RollbackResult:
         """Move alias ``champion`` to ``target``; answer once the table switched (or later)."""
-        memory = self._memory
+        memory = self._ctx.memory
         current = memory.champion_version(name)
         try:
-            await self._registry.set_champion(name, target)
+            await self._ctx.registry.set_champion(name, target)
         except Exception as exc:
             memory.note_error("move of alias 'champion'", exc, name, target, then="not moved")
             raise ModellaneError(
@@ -165,7 +153,7 @@ class Admin:
         memory.events.add(
             kind, name, target, f"{why}: alias 'champion' moved v{current} -> v{target}"
         )
-        self._wake()
+        self._ctx.wake()
         switched = await self._lifecycle.wait_for_champion(name, target, self._switch_wait_s)
         return RollbackResult(
             name=name,

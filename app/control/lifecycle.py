@@ -20,20 +20,9 @@ from typing import Any, TypeVar
 
 from app import constants
 from app.control import events as ev
-from app.control.memory import ControlMemory, iso, logger
-from app.control.outbox import Outbox
-from app.control.ports import RegistryPort, ServePort
-from app.control.publisher import Publisher
-from app.control.reconcile import (
-    assign_role,
-    due_for_retirement,
-    plan_model,
-    plan_role,
-    record_failure,
-    retired,
-    switch,
-    version_of_app,
-)
+from app.control import reconcile as decide
+from app.control.context import ControlContext
+from app.control.memory import iso, logger
 from app.control.registry import Desired, RegisteredVersion
 from app.control.rollout import RolloutPolicy
 from app.control.rollouts import RolloutDriver
@@ -52,23 +41,9 @@ def _fraction(raw: str) -> float:
 
 
 class Lifecycle:
-    def __init__(
-        self,
-        memory: ControlMemory,
-        serve: ServePort,
-        registry: RegistryPort,
-        outbox: Outbox,
-        publisher: Publisher,
-        rollouts: RolloutDriver,
-        wake: Callable[[], None],
-    ) -> None:
-        self._memory = memory
-        self._serve = serve
-        self._registry = registry
-        self._outbox = outbox
-        self._publisher = publisher
+    def __init__(self, ctx: ControlContext, rollouts: RolloutDriver) -> None:
+        self._ctx = ctx
         self._rollouts = rollouts
-        self._wake = wake
         #: Serve's application statuses, as of the current pass
         self.statuses: dict[str, str] = {}
         self._deploys: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -83,7 +58,7 @@ class Lifecycle:
     async def reconcile_model(
         self, name: str, versions: list[RegisteredVersion], roles: dict[str, Desired], first: bool
     ) -> None:
-        memory = self._memory
+        memory = self._ctx.memory
         state = memory.states[name]
         now = memory.clock.time()
         desired = roles.get(constants.ROLE_CHAMPION)
@@ -92,14 +67,14 @@ class Lifecycle:
         elif name in self._previous_unknown:
             await self._read_previous(name, desired)
 
-        plan = plan_model(state, desired, now)
+        plan = decide.plan_model(state, desired, now)
         if plan.deploy is not None and desired is not None:
             app_name = constants.version_app_name(name, plan.deploy)
             if self.statuses.get(app_name) == RUNNING:
                 self.switch(name, desired)  # still warm: the switch is instant
             elif (name, constants.ROLE_CHAMPION) not in self._deploys:
                 self._start_deploy(name, constants.ROLE_CHAMPION, desired)
-        memory.problems[name] = plan_model(state, desired, now).problem
+        memory.problems[name] = decide.plan_model(state, desired, now).problem
 
         for role in (constants.ROLE_CHALLENGER, constants.ROLE_SHADOW):
             await self._reconcile_role(name, role, roles.get(role), now)
@@ -124,13 +99,13 @@ class Lifecycle:
         self, name: str, role: str, desired: Desired | None, now: float
     ) -> None:
         """Challenger or shadow: deploy, assign, or take the role away."""
-        state = self._memory.states[name]
+        state = self._ctx.memory.states[name]
         current: Target | None = getattr(state, role)
         if desired is None:
             if current is not None:
                 self.assign(name, role, None)
             return
-        plan = plan_role(state, role, desired, (name, role) in self._deploys, now)
+        plan = decide.plan_role(state, role, desired, (name, role) in self._deploys, now)
         if plan.deploy is None:
             if current is not None and current.source != desired.source:
                 setattr(state, role, current.model_copy(update={"source": desired.source}))
@@ -144,25 +119,25 @@ class Lifecycle:
     async def _retire(self, name: str, roles: dict[str, Desired], now: float) -> None:
         """Versions in no role: keep warm for ``keep_previous_s``, then delete. A version
         the registry wants in a role is never put up for deletion."""
-        memory = self._memory
+        memory = self._ctx.memory
         state = memory.states[name]
         wanted = {d.version for d in roles.values()}
         wanted |= {d.version for (m, _), d in self._deploying.items() if m == name}
         for app_name in self.statuses:
-            version = version_of_app(name, app_name)
+            version = decide.version_of_app(name, app_name)
             if version and app_name not in state.serving_apps() and version not in wanted:
                 state.retire_at.setdefault(app_name, now + memory.args.keep_previous_s)
-        for app_name in due_for_retirement(state, now):
+        for app_name in decide.due_for_retirement(state, now):
             if app_name in self.statuses:
                 try:
-                    await self._serve.delete(app_name)
+                    await self._ctx.serve.delete(app_name)
                 except Exception as exc:
                     memory.note_error(f"delete {app_name}", exc, name)
                     continue  # still due: deleted at the next pass
                 memory.events.add(
-                    ev.RETIRE, name, version_of_app(name, app_name), f"deleted {app_name}"
+                    ev.RETIRE, name, decide.version_of_app(name, app_name), f"deleted {app_name}"
                 )
-            retired(state, app_name)
+            decide.retired(state, app_name)
 
     # -- after a restart ---------------------------------------------------------------
 
@@ -173,7 +148,7 @@ class Lifecycle:
         if desired is not None and status == RUNNING:
             # A no-op when nothing changed; new replica settings from a re-applied
             # serve_config.yaml take effect here, as a rolling update.
-            await self._serve.deploy(name, desired.version)
+            await self._ctx.serve.deploy(name, desired.version)
             self.switch(name, desired, adopted=True)
         elif desired is not None and status is not None and await self._serving(app_name):
             # Serve is bringing replicas back (a node was lost) while others serve: the
@@ -186,9 +161,9 @@ class Lifecycle:
     async def _serving(self, app_name: str) -> bool:
         """Whether ``app_name`` has a replica that runs (loaded and validated)."""
         try:
-            details = await self._serve.details()
+            details = await self._ctx.serve.details()
         except Exception as exc:
-            self._memory.note_error(f"replica states of {app_name}", exc)
+            self._ctx.memory.note_error(f"replica states of {app_name}", exc)
             return False  # not adopted now: deployed (a no-op for what runs) and switched
         replicas: dict[str, int] = details.get(app_name, {}).get("replicas", {})
         return replicas.get(RUNNING, 0) > 0
@@ -197,13 +172,13 @@ class Lifecycle:
         """The champion before this one (a model tag), where it still runs: the target
         of a rollback. A failed read is tried again at the next pass, never taken as
         "there was none"."""
-        memory = self._memory
+        memory = self._ctx.memory
         state = memory.states[name]
         if state.previous is not None:
             self._previous_unknown.discard(name)
             return
         try:
-            previous = await self._registry.model_tag(name, constants.TAG_PREVIOUS_CHAMPION)
+            previous = await self._ctx.registry.model_tag(name, constants.TAG_PREVIOUS_CHAMPION)
         except Exception as exc:
             memory.note_error("read of the previous champion", exc, name)
             return
@@ -236,7 +211,7 @@ class Lifecycle:
         return list(self._deploys.values())
 
     async def _deploy(self, name: str, role: str, desired: Desired) -> None:
-        memory = self._memory
+        memory = self._ctx.memory
         state = memory.states[name]
         if role == constants.ROLE_CHAMPION:
             state.deploying = desired.version
@@ -247,7 +222,7 @@ class Lifecycle:
         started = memory.clock.monotonic()
         try:
             await asyncio.wait_for(
-                self._serve.deploy(name, desired.version), memory.args.deploy_timeout_s
+                self._ctx.serve.deploy(name, desired.version), memory.args.deploy_timeout_s
             )
         except Exception as exc:
             await self._failed(name, desired.version, app_name, exc)
@@ -269,16 +244,16 @@ class Lifecycle:
                 state.deploying = None
             self._deploys.pop((name, role), None)
             self._deploying.pop((name, role), None)
-            self._wake()
+            self._ctx.wake()
 
     async def _failed(self, name: str, version: str, app_name: str, error: BaseException) -> None:
-        memory = self._memory
-        reason = await self._serve.failure_reason(app_name, error)
+        memory = self._ctx.memory
+        reason = await self._ctx.serve.failure_reason(app_name, error)
         now = memory.clock.time()
-        failure = record_failure(memory.states[name], version, reason, now)
+        failure = decide.record_failure(memory.states[name], version, reason, now)
         memory.metrics.failed_load(name, version)
         # The registry says it first, then the events: whoever sees the event finds the tag.
-        await self._outbox.tag_version(
+        await self._ctx.outbox.tag_version(
             name, version, {constants.TAG_LOAD_ERROR: reason, constants.TAG_FAILED_AT: iso(now)}
         )
         memory.events.add(ev.FAILURE, name, version, f"{app_name} failed: {reason}")
@@ -287,7 +262,7 @@ class Lifecycle:
             f"attempt {failure.attempts + 1} in {failure.next_try_at - now:.0f}s",
         )  # fmt: skip
         try:  # free what the failed version holds
-            await self._serve.delete(app_name)
+            await self._ctx.serve.delete(app_name)
         except Exception as exc:
             memory.note_error(f"delete of failed {app_name}", exc, name, version)
 
@@ -298,12 +273,12 @@ class Lifecycle:
         own settings from its tags first; where that read fails, the role waits for the
         next pass rather than start without them (a paused rollout would restart at
         step 0, and its next save overwrite the registry's only copy)."""
-        memory = self._memory
+        memory = self._ctx.memory
         state = memory.states[name]
         tags: dict[str, str] = {}
         if role in (constants.ROLE_CHALLENGER, constants.ROLE_SHADOW):
             try:
-                tags = await self._registry.version_tags(name, desired.version)
+                tags = await self._ctx.registry.version_tags(name, desired.version)
             except Exception as exc:
                 memory.note_error(f"read of {role} tags", exc, name, desired.version)
                 return
@@ -338,15 +313,15 @@ class Lifecycle:
         try:
             return parse(raw)
         except (ValueError, TypeError) as exc:
-            self._memory.events.add(
+            self._ctx.memory.events.add(
                 ev.FAILURE, name, version, f"tag {tag} ignored, not valid: {str(exc)[:300]}"
             )
             return None
 
     def assign(self, name: str, role: str, target: Target | None) -> None:
         """Give ``role`` (challenger or shadow) to ``target``, or take it away (None)."""
-        memory = self._memory
-        replaced = assign_role(
+        memory = self._ctx.memory
+        replaced = decide.assign_role(
             memory.states[name], role, target, memory.clock.time(), memory.args.keep_previous_s
         )
         if target is not None:
@@ -360,11 +335,11 @@ class Lifecycle:
             memory.events.add(ev.SWITCH, name, replaced.version, f"{role} role removed")
             if role == constants.ROLE_CHALLENGER:
                 self._rollouts.role_removed(name, replaced.version)
-        self._publisher.publish()
+        self._ctx.publisher.publish()
 
     def switch(self, name: str, desired: Desired, adopted: bool = False) -> None:
         """Route the champion role to the loaded ``desired`` version (a new epoch)."""
-        memory = self._memory
+        memory = self._ctx.memory
         state = memory.states[name]
         now = memory.clock.time()
         was_previous = state.previous is not None and state.previous.version == desired.version
@@ -376,7 +351,7 @@ class Lifecycle:
             source=desired.source,
             loaded_at=now,
         )
-        replaced = switch(state, target, now, memory.args.keep_previous_s)
+        replaced = decide.switch(state, target, now, memory.args.keep_previous_s)
         old = replaced.version if replaced else None
         if adopted:
             memory.events.add(
@@ -393,19 +368,19 @@ class Lifecycle:
             tags = {constants.TAG_SWITCHED_AT: iso(now), constants.TAG_SWITCH: message}
             self._spawn(self._write_switch(name, desired.version, old, tags))
         memory.problems[name] = None
-        self._publisher.publish()
+        self._ctx.publisher.publish()
         self._spawn(self._notify_switched())
 
     async def _write_switch(
         self, name: str, version: str, old: str | None, tags: dict[str, str]
     ) -> None:
-        await self._outbox.tag_version(name, version, tags)
+        await self._ctx.outbox.tag_version(name, version, tags)
         if old is not None:
-            await self._outbox.tag_model(name, constants.TAG_PREVIOUS_CHAMPION, old)
+            await self._ctx.outbox.tag_model(name, constants.TAG_PREVIOUS_CHAMPION, old)
 
     async def wait_for_champion(self, name: str, version: str, timeout_s: float) -> bool:
         """Wait until ``version`` serves as the champion of ``name``; whether it does."""
-        state = self._memory.states[name]
+        state = self._ctx.memory.states[name]
 
         def serving() -> bool:
             return state.champion is not None and state.champion.version == version

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from app import constants
 from app.control.admin import Admin
+from app.control.context import ControlContext
 from app.control.events import EventLog
 from app.control.lifecycle import Lifecycle
 from app.control.memory import ControlMemory
@@ -77,18 +78,17 @@ def build(
     wake_event = asyncio.Event()
     outbox = Outbox(registry, memory)
     publisher = Publisher(memory)
-    rollouts = RolloutDriver(memory, registry, outbox, publisher, wake_event.set)
-    lifecycle = Lifecycle(memory, serve, registry, outbox, publisher, rollouts, wake_event.set)
+    ctx = ControlContext(memory, serve, registry, outbox, publisher, wake_event.set)
+    rollouts = RolloutDriver(ctx)
+    lifecycle = Lifecycle(ctx, rollouts)
     return ControlParts(
         memory=memory,
         outbox=outbox,
         publisher=publisher,
         rollouts=rollouts,
         lifecycle=lifecycle,
-        reconciler=Reconciler(memory, serve, registry, lifecycle, publisher, outbox),
-        admin=Admin(
-            memory, serve, registry, lifecycle, rollouts, publisher, wake_event.set, switch_wait_s
-        ),
+        reconciler=Reconciler(ctx, lifecycle),
+        admin=Admin(ctx, lifecycle, rollouts, switch_wait_s),
         drift=DriftMonitor(memory, serve, post_alert),
         wake_event=wake_event,
     )

@@ -13,30 +13,16 @@ import asyncio
 
 from app import constants
 from app.control import events as ev
+from app.control.context import ControlContext
 from app.control.lifecycle import Lifecycle
-from app.control.memory import ControlMemory, logger
-from app.control.outbox import Outbox
-from app.control.ports import RegistryPort, ServePort
-from app.control.publisher import Publisher
+from app.control.memory import logger
 from app.control.registry import Desired, desired_roles
 
 
 class Reconciler:
-    def __init__(
-        self,
-        memory: ControlMemory,
-        serve: ServePort,
-        registry: RegistryPort,
-        lifecycle: Lifecycle,
-        publisher: Publisher,
-        outbox: Outbox,
-    ) -> None:
-        self._memory = memory
-        self._serve = serve
-        self._registry = registry
+    def __init__(self, ctx: ControlContext, lifecycle: Lifecycle) -> None:
+        self._ctx = ctx
         self._lifecycle = lifecycle
-        self._publisher = publisher
-        self._outbox = outbox
         self.registry_ok = True
         self._no_champion: set[str] = set()
         #: models rebuilt after the (re)start: adoption happens at a model's first good read
@@ -48,15 +34,15 @@ class Reconciler:
         try:
             await self._pass()
         finally:
-            if self._publisher.rebuilding:
-                self._publisher.finish_rebuild()
+            if self._ctx.publisher.rebuilding:
+                self._ctx.publisher.finish_rebuild()
 
     async def _pass(self) -> None:
-        memory = self._memory
-        self._lifecycle.statuses = await self._serve.statuses()
+        memory = self._ctx.memory
+        self._lifecycle.statuses = await self._ctx.serve.statuses()
         names = list(memory.args.models)
         reads = await asyncio.gather(
-            *(self._registry.versions(name) for name in names), return_exceptions=True
+            *(self._ctx.registry.versions(name) for name in names), return_exceptions=True
         )
         unreachable: list[BaseException] = [
             r for r in reads if isinstance(r, BaseException) and not isinstance(r, LookupError)
@@ -66,7 +52,7 @@ class Reconciler:
                 raise error  # a cancellation or an exit: never swallowed
         self._note_registry(unreachable[0] if unreachable else None)
         if not unreachable:
-            await self._outbox.retry()
+            await self._ctx.outbox.retry()
         for name, read in zip(names, reads, strict=True):
             if isinstance(read, LookupError):
                 memory.problems[name] = str(read)
@@ -77,10 +63,10 @@ class Reconciler:
                 first = name not in self._rebuilt
                 await self._lifecycle.reconcile_model(name, read, roles, first)
                 self._rebuilt.add(name)  # a pass that failed for it adopts again next time
-        self._publisher.publish()
+        self._ctx.publisher.publish()
 
     def _note_registry(self, error: BaseException | None) -> None:
-        memory = self._memory
+        memory = self._ctx.memory
         if error is not None and self.registry_ok:
             self.registry_ok = False
             memory.events.add(
@@ -94,11 +80,11 @@ class Reconciler:
             memory.events.add(ev.REGISTRY_REACHABLE, message="reconciling again")
 
     def _note_champion(self, name: str, desired: Desired | None) -> None:
-        state = self._memory.states[name]
+        state = self._ctx.memory.states[name]
         if desired is None and name not in self._no_champion:
             self._no_champion.add(name)
             serving = f"still serving v{state.champion.version}" if state.champion else "503"
-            self._memory.events.add(
+            self._ctx.memory.events.add(
                 ev.NO_CHAMPION,
                 name,
                 message=f"no alias 'champion' or stage 'Production' ({serving})",

@@ -14,35 +14,20 @@ its outcome to it, so a promoted rollout is never recorded as aborted.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from app import constants
 from app.control import events as ev
 from app.control import rollout as rollout_mod
-from app.control.memory import ControlMemory
-from app.control.outbox import Outbox
-from app.control.ports import RegistryPort
-from app.control.publisher import Publisher
+from app.control.context import ControlContext
 from app.serving.errors import Conflict
 
 _IN_PROGRESS = (rollout_mod.RUNNING, rollout_mod.PAUSED)
 
 
 class RolloutDriver:
-    def __init__(
-        self,
-        memory: ControlMemory,
-        registry: RegistryPort,
-        outbox: Outbox,
-        publisher: Publisher,
-        wake: Callable[[], None],
-    ) -> None:
-        self._memory = memory
-        self._registry = registry
-        self._outbox = outbox
-        self._publisher = publisher
-        self._wake = wake
+    def __init__(self, ctx: ControlContext) -> None:
+        self._ctx = ctx
         #: model -> the version whose promotion is being written to the registry
         self._promoting: dict[str, str] = {}
 
@@ -51,7 +36,7 @@ class RolloutDriver:
     async def begin(self, name: str, version: str, tags: dict[str, str]) -> None:
         """``version`` just became the challenger: start its rollout, or resume the one
         saved in its tags; without a policy, take the weight set by hand (its tag)."""
-        memory = self._memory
+        memory = self._ctx.memory
         state = memory.states[name]
         policy = memory.policy(name)
         if policy is None:
@@ -61,7 +46,7 @@ class RolloutDriver:
                 pass  # no weight set by hand: the challenger gets none
             except ValueError:
                 memory.events.add(ev.FAILURE, name, version, "tag modellane.weight ignored")
-            self._publisher.publish()
+            self._ctx.publisher.publish()
             return
         saved = _load_json(tags.get(constants.TAG_ROLLOUT))
         resumed = saved.get("status") in _IN_PROGRESS
@@ -83,12 +68,12 @@ class RolloutDriver:
             ev.ROLLOUT, name, version,
             f"rollout {verb} at step {step}: weight {state.weight:g}% (steps {policy.steps})",
         )  # fmt: skip
-        self._publisher.publish()
+        self._ctx.publisher.publish()
         await self.save(name)
 
     def role_removed(self, name: str, version: str) -> None:
         """The challenger role was taken from ``version``: its rollout ends."""
-        memory = self._memory
+        memory = self._ctx.memory
         rollout = memory.rollouts.get(name)
         if rollout is None or rollout.status not in _IN_PROGRESS:
             return
@@ -105,23 +90,23 @@ class RolloutDriver:
 
     async def tick_all(self) -> None:
         self.set_gauges()
-        for name in list(self._memory.rollouts):
+        for name in list(self._ctx.memory.rollouts):
             try:
                 await self.tick(name)
             except Exception as exc:
-                self._memory.note_error("rollout tick", exc, name)
+                self._ctx.memory.note_error("rollout tick", exc, name)
 
     def set_gauges(self) -> None:
         # Ray exports a gauge only while it is being set: set every tick.
-        for name in self._memory.args.models:
-            rollout = self._memory.rollouts.get(name)
+        for name in self._ctx.memory.args.models:
+            rollout = self._ctx.memory.rollouts.get(name)
             running = rollout is not None and rollout.status in _IN_PROGRESS
             version = rollout.version if rollout is not None else ""
             step = rollout.step if rollout is not None and running else -1
-            self._memory.metrics.rollout_step(name, version, step)
+            self._ctx.memory.metrics.rollout_step(name, version, step)
 
     async def tick(self, name: str) -> None:
-        memory = self._memory
+        memory = self._ctx.memory
         rollout = memory.rollouts[name]
         policy = memory.policy(name)
         state = memory.states[name]
@@ -146,7 +131,7 @@ class RolloutDriver:
                 f"step {rollout.step} passed ({gate_text(decision.gates)}); "
                 f"weight now {state.weight:g}%",
             )  # fmt: skip
-            self._publisher.publish()
+            self._ctx.publisher.publish()
             await self.save(name)
         elif decision.action == "promote":
             await self._promote(name, rollout, decision)
@@ -156,7 +141,7 @@ class RolloutDriver:
     async def _promote(
         self, name: str, rollout: rollout_mod.Rollout, decision: rollout_mod.Decision
     ) -> None:
-        memory = self._memory
+        memory = self._ctx.memory
         state = memory.states[name]
         assert state.challenger is not None
         challenger = state.challenger
@@ -165,7 +150,7 @@ class RolloutDriver:
         self._promoting[name] = rollout.version
         try:
             try:
-                await self._registry.promote(name, rollout.version, champion_source)
+                await self._ctx.registry.promote(name, rollout.version, champion_source)
             except Exception as exc:
                 memory.note_error("promotion", exc, name, rollout.version, "the next tick")
                 memory.events.add(
@@ -175,10 +160,10 @@ class RolloutDriver:
             # The registry names the champion now: the rollout is promoted, whatever the
             # writes below (kept and retried by the outbox when they fail) come to.
             if challenger.source.startswith("alias:"):
-                await self._outbox.remove_role(
+                await self._ctx.outbox.remove_role(
                     name, constants.ROLE_CHALLENGER, rollout.version, challenger.source
                 )
-            await self._outbox.tag_version(
+            await self._ctx.outbox.tag_version(
                 name, rollout.version, {constants.TAG_ROLLOUT_RESULT: message[:5000]}
             )
             memory.rollouts[name] = rollout_mod.finish(
@@ -188,7 +173,7 @@ class RolloutDriver:
         finally:
             self._promoting.pop(name, None)
         await self.save(name)
-        self._wake()
+        self._ctx.wake()
 
     async def roll_back(
         self,
@@ -198,12 +183,12 @@ class RolloutDriver:
         gates: list[rollout_mod.GateResult],
         status: rollout_mod.Status = rollout_mod.ROLLED_BACK,
     ) -> None:
-        memory = self._memory
+        memory = self._ctx.memory
         state = memory.states[name]
         state.weight = 0.0  # at once, before anything is written anywhere
-        self._publisher.publish()
+        self._ctx.publisher.publish()
         if state.challenger is not None:
-            await self._outbox.remove_role(
+            await self._ctx.outbox.remove_role(
                 name, constants.ROLE_CHALLENGER, rollout.version, state.challenger.source
             )
         failed = [g for g in gates if not g.passed]
@@ -213,17 +198,17 @@ class RolloutDriver:
             tags[constants.TAG_FAILED_GATE] = json.dumps(
                 [g.model_dump() for g in failed], default=str
             )[:5000]
-        await self._outbox.tag_version(name, rollout.version, tags)
+        await self._ctx.outbox.tag_version(name, rollout.version, tags)
         # The outcome shows last, once the registry says the same.
         memory.rollouts[name] = rollout_mod.finish(rollout, status, reason, gates)
         memory.events.add(ev.ROLLBACK, name, rollout.version, message)
         memory.metrics.rollback(name, rollout.version)
         await self.save(name)
-        self._wake()
+        self._ctx.wake()
 
     async def save(self, name: str) -> None:
         """Mirror the rollout into its version's tags."""
-        memory = self._memory
+        memory = self._ctx.memory
         rollout = memory.rollouts.get(name)
         if rollout is None:
             return
@@ -234,7 +219,7 @@ class RolloutDriver:
         saved = {"status": rollout.status, "step": rollout.step, "weight": weight}
         running = rollout.status in _IN_PROGRESS
         memory.metrics.rollout_step(name, rollout.version, rollout.step if running else -1)
-        await self._outbox.tag_version(
+        await self._ctx.outbox.tag_version(
             name,
             rollout.version,
             {constants.TAG_ROLLOUT: json.dumps(saved), constants.TAG_WEIGHT: f"{weight:g}"},
@@ -244,7 +229,7 @@ class RolloutDriver:
 
     async def set_weight(self, name: str, weight: float) -> None:
         """Set the challenger's share by hand; a running rollout pauses."""
-        memory = self._memory
+        memory = self._ctx.memory
         state = memory.state(name)
         if state.challenger is None:
             raise Conflict(f"model {name!r} has no challenger to send traffic to", model=name)
@@ -258,15 +243,15 @@ class RolloutDriver:
         memory.events.add(
             ev.TRAFFIC, name, state.challenger.version, f"challenger weight set to {weight:g}%"
         )
-        self._publisher.publish()
-        await self._outbox.tag_version(
+        self._ctx.publisher.publish()
+        await self._ctx.outbox.tag_version(
             name, state.challenger.version, {constants.TAG_WEIGHT: f"{weight:g}"}
         )
         await self.save(name)
 
     async def act(self, name: str, action: str) -> None:
         """``pause``, ``resume`` or ``abort`` the model's rollout."""
-        memory = self._memory
+        memory = self._ctx.memory
         state = memory.state(name)
         rollout = memory.rollouts.get(name)
         policy = memory.policy(name)
@@ -286,7 +271,7 @@ class RolloutDriver:
                 rollout.gates,
             ).model_copy(update={"step": rollout.step})
             state.weight = memory.rollouts[name].weight(policy)
-            self._publisher.publish()
+            self._ctx.publisher.publish()
         elif action == "abort":
             await self.roll_back(name, rollout, "aborted by an operator", [], rollout_mod.ABORTED)
             return
@@ -296,8 +281,8 @@ class RolloutDriver:
         await self.save(name)
 
     def info(self, name: str) -> dict[str, Any] | None:
-        rollout = self._memory.rollouts.get(name)
-        policy = self._memory.policy(name)
+        rollout = self._ctx.memory.rollouts.get(name)
+        policy = self._ctx.memory.policy(name)
         if rollout is None or policy is None:
             return None
         return {
