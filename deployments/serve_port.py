@@ -9,6 +9,7 @@ runs in a thread (``asyncio.to_thread``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
@@ -19,6 +20,7 @@ from app.settings import AppArgs, ModelDeploymentConfig
 from deployments.metrics import watcher_metrics
 from deployments.versioned import version_app
 
+logger = logging.getLogger("ray.serve")
 _EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception)(?:\(\w+\))?: .+")
 
 
@@ -42,6 +44,7 @@ class RayServe:
         try:
             app = (await asyncio.to_thread(serve.status)).applications.get(app_name)
         except Exception as exc:  # the deploy's own error still says why
+            logger.warning("serve.status failed while finding why %s failed: %s", app_name, exc)
             watcher_metrics().control_errors.inc(tags={"model": "", "operation": "serve.status"})
             texts = [f"(serve.status failed: {exc})"]
         else:

@@ -251,6 +251,7 @@ class Lifecycle:
         reason = await self._ctx.serve.failure_reason(app_name, error)
         now = memory.clock.time()
         failure = decide.record_failure(memory.states[name], version, reason, now)
+        logger.error("%s failed: %s", app_name, reason)
         memory.metrics.failed_load(name, version)
         # The registry says it first, then the events: whoever sees the event finds the tag.
         await self._ctx.outbox.tag_version(
