@@ -5,7 +5,7 @@ It builds the plain-Python parts of :mod:`app.control.plane` with Ray Serve
 (:class:`~app.control.ports.ThreadedRegistry`) behind their ports, runs their loops, and
 answers the gateways (routing-table long-polls, figures) and the admin API. What each
 part does is said in its module: the lifecycle (:mod:`app.control.lifecycle`), the
-routing table (:mod:`app.control.publisher`), rollouts (:mod:`app.control.rollouts`),
+routing table (:mod:`app.control.publisher`), rollouts (:mod:`app.control.rollout_driver`),
 drift (:mod:`app.control.monitors`) and admin actions (:mod:`app.control.admin`).
 """
 

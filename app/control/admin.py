@@ -11,7 +11,7 @@ from app import constants
 from app.control import events as ev
 from app.control.context import ControlContext
 from app.control.lifecycle import Lifecycle
-from app.control.rollouts import RolloutDriver
+from app.control.rollout_driver import RolloutDriver
 from app.control.routing import Target
 from app.schemas import FailureInfo, ModelStatus, ReplicaHealth, RoleInfo, RollbackResult
 from app.serving.errors import Conflict, ModellaneError, ModelNotFound, RegistryUnavailable

@@ -25,7 +25,7 @@ from app.control.context import ControlContext
 from app.control.memory import iso, logger
 from app.control.registry import Desired, RegisteredVersion
 from app.control.rollout import RolloutPolicy
-from app.control.rollouts import RolloutDriver
+from app.control.rollout_driver import RolloutDriver
 from app.control.routing import Target
 from app.schemas import VersionInfo
 

@@ -21,8 +21,8 @@ from app.control.monitors import DriftMonitor, PostAlert, post_json
 from app.control.outbox import Outbox
 from app.control.ports import Clock, ControlMetrics, RegistryPort, ServePort
 from app.control.publisher import Publisher
-from app.control.reconciler import Reconciler
-from app.control.rollouts import RolloutDriver
+from app.control.reconcile_pass import Reconciler
+from app.control.rollout_driver import RolloutDriver
 from app.settings import AppArgs
 
 

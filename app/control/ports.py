@@ -1,6 +1,6 @@
 """The small interfaces the control plane takes its collaborators through.
 
-The parts (:mod:`~app.control.lifecycle`, :mod:`~app.control.rollouts`,
+The parts (:mod:`~app.control.lifecycle`, :mod:`~app.control.rollout_driver`,
 :mod:`~app.control.admin`, ...) never call Ray Serve or MLflow directly: they get a
 :class:`ServePort`, a :class:`RegistryPort`, a :class:`Clock` and a :class:`ControlMetrics`.
 ``deployments/serve_port.py`` implements the first and the last over Ray Serve;

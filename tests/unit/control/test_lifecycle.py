@@ -266,7 +266,7 @@ def test_injected_is_a_runtime_error() -> None:
 
 
 #: Every registry call a restart, a switch, a new challenger and a rollback make (the
-#: calls of a promotion are failed in turn in test_rollouts.py).
+#: calls of a promotion are failed in turn in test_rollout_driver.py).
 _REGISTRY_CALLS = (
     "versions",
     "version_tags",

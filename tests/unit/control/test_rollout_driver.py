@@ -1,4 +1,4 @@
-"""app/control/rollouts.py over fakes: a rollout's steps, promotion and rollback, with a
+"""app/control/rollout_driver.py over fakes: a rollout's steps, promotion and rollback, with a
 reconcile pass run between every pair of a promotion's registry writes and each write
 failed in turn: a promoted rollout is never recorded as aborted."""
 
