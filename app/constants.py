@@ -22,6 +22,9 @@ STAGE_STAGING = "Staging"
 # Environment variables
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 ENV_MAX_BODY_BYTES = "MODELLANE_MAX_BODY_BYTES"
+#: Where the inference log and labels live when serve_config.yaml names no
+#: ``inference_log.uri`` (scripts/up.sh sets it to .run/inference_log).
+ENV_INFERENCE_LOG_URI = "MODELLANE_INFERENCE_LOG_URI"
 
 # Defaults
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
@@ -48,6 +51,7 @@ TAG_ROLLOUT_RESULT = "modellane.rollout_result"  # on a version: promoted / roll
 TAG_FAILED_GATE = "modellane.failed_gate"  # on a version: the gate and figures that failed
 TAG_ROLLOUT_POLICY = "modellane.rollout_policy"  # on a challenger: its own policy (JSON)
 TAG_SHADOW_FRACTION = "modellane.shadow_fraction"  # on a shadow: its own share of requests
+TAG_QUALITY_RUN = "modellane.quality_run"  # on a version: the MLflow run of its live quality
 
 DEFAULT_ROUTING_KEY_HEADER = "X-Routing-Key"
 ROLLOUT_TICK_S = 1.0

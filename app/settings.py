@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -16,6 +16,8 @@ from app import constants
 from app.control.rollout import RolloutPolicy
 from app.quality.drift import DriftSettings
 from app.security.auth import AuthSettings
+
+Task = Literal["auto", "classification", "regression"]
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -86,6 +88,23 @@ class ModelDeploymentConfig(BatchSettings):
     allow_version_override: bool = Field(
         default=False, description="Honour a request's X-Model-Version header for this model."
     )
+    sample_rate: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of this model's predictions written to the inference log (a label "
+        "joins only a logged prediction).",
+    )
+    log_inputs: bool = Field(
+        default=True,
+        description="Write request inputs to the inference log; false for data that must not "
+        "be stored (outputs, ids and timings are still logged).",
+    )
+    task: Task = Field(
+        default="auto",
+        description="How labels are judged: classification (accuracy) or regression (MAE, "
+        "RMSE); auto decides from the version's example output (a float is regression).",
+    )
 
     @model_validator(mode="after")
     def _one_scaling_mode(self) -> ModelDeploymentConfig:
@@ -147,6 +166,66 @@ class LimitSettings(BaseModel):
     )
 
 
+def _default_log_uri() -> str | None:
+    return os.environ.get(constants.ENV_INFERENCE_LOG_URI) or None
+
+
+class InferenceLogSettings(BaseModel):
+    """``inference_log`` in serve_config.yaml: every answered prediction, as Parquet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str | None = Field(
+        default_factory=_default_log_uri,
+        description="Folder or pyarrow filesystem URI (s3://, gs://, a shared path) of the log "
+        "and labels. Defaults to $MODELLANE_INFERENCE_LOG_URI; unset, nothing is logged.",
+    )
+    flush_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="A gateway replica writes its buffer this often."
+    )
+    max_buffer_records: int = Field(
+        default=20_000,
+        ge=1,
+        description="Records a gateway replica holds unwritten; beyond, new ones are dropped "
+        "and counted (the answer never waits for the log).",
+    )
+    compact_interval_s: float = Field(
+        default=300.0, gt=0, description="How often small files are merged."
+    )
+    compact_min_files: int = Field(
+        default=20, ge=2, description="A partition with this many small files is compacted."
+    )
+    retention_days: float = Field(
+        default=30.0, gt=0, description="Partitions older than this are deleted."
+    )
+
+
+class FeedbackSettings(BaseModel):
+    """``feedback`` in serve_config.yaml: labels and the live quality computed from them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_delay_s: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="A label may arrive up to this long after its prediction.",
+    )
+    window: int = Field(
+        default=1000,
+        ge=10,
+        description="Live quality of a version: its most recent this many labelled predictions.",
+    )
+    refresh_s: float = Field(
+        default=5.0, gt=0, le=60, description="How often live quality is computed."
+    )
+    mlflow_interval_s: float = Field(
+        default=60.0, gt=0, description="How often live quality is written to MLflow."
+    )
+    history_points: int = Field(
+        default=720, ge=10, description="Points of quality history kept per model, for charts."
+    )
+
+
 class AppArgs(BaseModel):
     """Arguments of the control application (gateway + registry watcher)."""
 
@@ -194,6 +273,14 @@ class AppArgs(BaseModel):
     routing_key_header: str = Field(
         default=constants.DEFAULT_ROUTING_KEY_HEADER,
         description="Request header whose value pins a user to one arm (sticky assignment).",
+    )
+    inference_log: InferenceLogSettings = Field(
+        default_factory=InferenceLogSettings,
+        description="Where and how every answered prediction is logged (Parquet).",
+    )
+    feedback: FeedbackSettings = Field(
+        default_factory=FeedbackSettings,
+        description="Labels (POST /v1/models/{name}/feedback) and live quality per version.",
     )
     deploy_timeout_s: float = Field(
         default=constants.DEFAULT_DEPLOY_TIMEOUT_S,
