@@ -196,6 +196,139 @@
           : h("td", { class: f.drifted ? "fail" : "pass" }, f.drifted ? "DRIFTED" : "ok")))));
   }
 
+  // -- live quality: plain SVG charts, text through text nodes only -------------------------
+
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const PALETTE = ["#2f7d4f", "#c27b12", "#6b5bb8", "#1f6feb", "#b42318", "#0e7c86", "#667085"];
+  const CHART = { width: 480, height: 160, left: 46, right: 10, top: 8, bottom: 20 };
+  const ROLES = ["champion", "challenger", "shadow"];
+
+  function svg(tag, attrs, ...children) {
+    const el = document.createElementNS(SVG_NS, tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value !== null && value !== undefined) el.setAttribute(name === "testid" ? "data-testid" : name, String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return el;
+  }
+
+  const num = (value) => (value === null || value === undefined || !Number.isFinite(Number(value)) ? null : Number(value));
+  const qfmt = (metric, value) =>
+    num(value) === null ? "-" : metric === "accuracy" ? `${(num(value) * 100).toFixed(1)}%` : fmt(num(value));
+
+  function valueRange(metric, values) {
+    if (!values.length) return [0, 1];
+    let lo = values.reduce((a, b) => Math.min(a, b)), hi = values.reduce((a, b) => Math.max(a, b));
+    if (metric === "accuracy") return [Math.max(0, lo - 0.05), Math.min(1, hi + 0.05)];
+    const pad = (hi - lo) * 0.1 || Math.abs(hi) * 0.1 || 1;
+    lo = lo >= 0 ? Math.max(0, lo - pad) : lo - pad;
+    hi += pad;
+    return [lo, hi];
+  }
+
+  // One SVG line chart. lines: [{ version, color, points: [[t, value or null], ...] }]; a null
+  // value breaks the line, and a point with no neighbour is drawn as a dot.
+  function lineChart(testid, label, lines, [t0, t1], [y0, y1], yFormat) {
+    const { width, height, left, right, top, bottom } = CHART;
+    const x = (t) => left + ((t - t0) / (t1 - t0)) * (width - left - right);
+    const y = (v) => top + (1 - (v - y0) / (y1 - y0)) * (height - top - bottom);
+    const ticks = [y0, (y0 + y1) / 2, y1].map((v) => svg("g", { class: "tick" },
+      svg("line", { x1: left, x2: width - right, y1: y(v).toFixed(1), y2: y(v).toFixed(1) }),
+      svg("text", { x: left - 4, y: (y(v) + 3).toFixed(1), "text-anchor": "end" }, yFormat(v))));
+    const times = [[t0, "start"], [t1, "end"]].map(([t, anchor]) =>
+      svg("text", { class: "time", x: x(t).toFixed(1), y: height - 5, "text-anchor": anchor }, clock(t)));
+    const drawn = lines.map((line) => {
+      let d = "";
+      const dots = [];
+      line.points.forEach(([t, v], i) => {
+        if (v === null) return;
+        const start = i === 0 || line.points[i - 1][1] === null;
+        d += `${start ? "M" : "L"}${x(t).toFixed(1)} ${y(v).toFixed(1)} `;
+        const next = line.points[i + 1];
+        if (start && (!next || next[1] === null)) dots.push([t, v]);
+      });
+      return svg("g", { class: "series", "data-version": line.version, stroke: line.color, fill: line.color },
+        d ? svg("path", { class: "line", testid: `${testid}-v${line.version}`, d: d.trim() }) : null,
+        dots.map(([t, v]) => svg("circle", { class: "dot", cx: x(t).toFixed(1), cy: y(v).toFixed(1), r: 2.5 },
+          svg("title", {}, `v${line.version} ${yFormat(v)} at ${clock(t)}`))));
+    });
+    return svg("svg", { class: "chart", testid, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": label },
+      svg("title", {}, label), ticks, times, drawn);
+  }
+
+  function qualityPart(status, quality) {
+    const name = status.name;
+    const testid = `quality-${name}`;
+    if (quality && quality.error) return h("p", { class: "muted", testid }, `quality not available: ${quality.error}`);
+    // Without the quality endpoint, the status may still carry each role's current figures.
+    const current = quality ? quality.current || [] : Object.values(status.quality || {});
+    const history = (quality && quality.history) || [];
+    if (!current.length && !history.length) {
+      return h("div", { class: "quality", testid },
+        h("p", { class: "muted", testid: `quality-empty-${name}` }, "no quality figures yet"));
+    }
+    const metric = (quality && quality.metric) || (current[0] && current[0].metric) || "";
+
+    // One series per version, in version order; a version's role is its latest one.
+    const byVersion = new Map();
+    for (const row of history) {
+      const t = num(row.t);
+      if (t === null) continue;
+      const version = String(row.version);
+      if (!byVersion.has(version)) byVersion.set(version, { version, role: row.role, quality: [], share: [] });
+      const entry = byVersion.get(version);
+      entry.role = row.role;
+      entry.quality.push([t, num(row.value)]);
+      entry.share.push([t, num(row.share)]);
+    }
+    for (const row of current) {
+      const entry = byVersion.get(String(row.version));
+      if (entry) entry.role = row.role;
+    }
+    const series = [...byVersion.values()]
+      .sort((a, b) => Number(a.version) - Number(b.version) || a.version.localeCompare(b.version))
+      .map((entry, i) => ({ ...entry, color: PALETTE[i % PALETTE.length] }));
+
+    let charts = h("p", { class: "hint", testid: `quality-history-empty-${name}` }, "no history yet");
+    if (series.length) {
+      const times = history.map((row) => num(row.t)).filter((t) => t !== null);
+      let [t0, t1] = [times.reduce((a, b) => Math.min(a, b)), times.reduce((a, b) => Math.max(a, b))];
+      if (t1 - t0 < 1) [t0, t1] = [t0 - 30, t1 + 30];
+      const values = series.flatMap((s) => s.quality.map(([, v]) => v)).filter((v) => v !== null);
+      const lines = (key) => series.map((s) => ({ version: s.version, color: s.color, points: s[key] }));
+      charts = h("div", { class: "charts" },
+        h("figure", {},
+          lineChart(`quality-chart-${name}`, `${name}: live ${metric} per version`, lines("quality"),
+            [t0, t1], valueRange(metric, values), (v) => qfmt(metric, v)),
+          h("figcaption", { class: "hint" }, `live ${metric || "quality"} per version`)),
+        h("figure", {},
+          lineChart(`share-chart-${name}`, `${name}: traffic share per version`, lines("share"),
+            [t0, t1], [0, 100], (v) => `${Math.round(v)}%`),
+          h("figcaption", { class: "hint" }, "traffic share per version (percent)")),
+        h("ul", { class: "legend", testid: `quality-legend-${name}` }, series.map((s) =>
+          h("li", { "data-version": s.version },
+            h("span", { class: "swatch", style: `background:${s.color}` }),
+            `v${s.version}${s.role ? ` (${s.role})` : ""}`))));
+    }
+
+    const table = current.length
+      ? h("table", { testid: `quality-table-${name}` },
+        h("thead", {}, h("tr", {}, ["version", "role", metric || "value", "interval", "labels / total", "updated"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, current.map((r) => h("tr", { testid: `quality-row-${name}-${r.version}` },
+          h("td", {}, `v${r.version}`),
+          h("td", {}, ROLES.includes(r.role) ? h("span", { class: `badge ${r.role}` }, r.role) : r.role || ""),
+          h("td", { class: "num", testid: `quality-value-${name}-${r.version}` },
+            num(r.value) === null ? "no labels yet" : qfmt(r.metric || metric, r.value)),
+          h("td", { class: "num" }, num(r.low) === null ? "-" : `${qfmt(r.metric || metric, r.low)} – ${qfmt(r.metric || metric, r.high)}`),
+          h("td", { class: "num" }, `${r.labels ?? 0} / ${r.labels_total ?? "-"}`),
+          h("td", {}, clock(r.updated_at))))))
+      : h("p", { class: "hint" }, "no current figures");
+    return h("div", { class: "quality", testid }, charts, table);
+  }
+
   function actions(status) {
     const name = status.name;
     const rollout = status.rollout || {};
@@ -251,22 +384,30 @@
       h("div", { class: "grid" },
         h("div", {}, h("h3", {}, "Shadow and challenger answers vs champion"), comparisonPart(status)),
         h("div", {}, h("h3", {}, `Drift${drift && drift.version ? ` of v${drift.version}` : ""}`), driftPart(name, drift))),
+      h("section", { class: "quality-panel", "aria-label": `${name} live quality` },
+        h("h3", {}, "Live quality"), h("div", { class: "quality-slot" })),
       actions(status));
   }
 
   function renderModels(views) {
     const container = $("models");
     const seen = new Set();
-    views.forEach(({ status, drift }, index) => {
+    views.forEach(({ status, drift, quality }, index) => {
       seen.add(status.name);
       // Re-render a card only when its data changed: a click never lands on a stale node.
-      const sig = JSON.stringify([status, drift, state.promoteApi]);
+      // Live quality moves with every label: its panel is redrawn on its own, inside the card.
+      const sig = JSON.stringify([{ ...status, quality: undefined }, drift, state.promoteApi]);
       let entry = state.cards.get(status.name);
       if (!entry || entry.sig !== sig) {
         const el = card(status, drift);
         if (entry) entry.el.replaceWith(el);
-        entry = { sig, el };
+        entry = { sig, el, qualitySig: null };
         state.cards.set(status.name, entry);
+      }
+      const qualitySig = JSON.stringify([status.quality, quality]);
+      if (entry.qualitySig !== qualitySig) {
+        entry.el.querySelector(".quality-slot").replaceChildren(qualityPart(status, quality));
+        entry.qualitySig = qualitySig;
       }
       if (container.children[index] !== entry.el) container.insertBefore(entry.el, container.children[index] || null);
     });
@@ -299,15 +440,20 @@
 
   // -- the loop ----------------------------------------------------------------------------
 
+  // 404 (no figures for this model) and 503 (no quality store yet) mean "nothing yet".
+  const qualityMissing = (err) =>
+    err.status === 404 || err.status === 503 || err instanceof AuthError ? null : { error: err.message };
+
   async function refresh() {
     const list = await api("GET", "/v1/models");
     const names = list.models.map((m) => m.name);
-    const [statuses, drifts, events] = await Promise.all([
+    const [statuses, drifts, qualities, events] = await Promise.all([
       Promise.all(names.map((n) => api("GET", `/admin/models/${enc(n)}`))),
       Promise.all(names.map((n) => api("GET", `/admin/models/${enc(n)}/drift`).catch(() => null))),
+      Promise.all(names.map((n) => api("GET", `/admin/models/${enc(n)}/quality`).catch(qualityMissing))),
       api("GET", "/admin/events?limit=30"),
     ]);
-    renderModels(statuses.map((status, i) => ({ status, drift: drifts[i] })));
+    renderModels(statuses.map((status, i) => ({ status, drift: drifts[i], quality: qualities[i] })));
     renderEvents(events);
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   }

@@ -41,8 +41,8 @@ def test_the_page_uses_the_admin_api_with_the_key_from_session_storage() -> None
     script = (CONSOLE_DIR / "console.js").read_text()
     assert "sessionStorage" in script and "localStorage" not in script
     assert "Authorization: `Bearer ${key}`" in script
-    for path in ("/v1/models", "/admin/models/", "/drift", "/admin/events", "/rollback",
-                 "/rollout/pause", "/rollout/resume", "/rollout/abort"):  # fmt: skip
+    for path in ("/v1/models", "/admin/models/", "/drift", "/quality", "/admin/events",
+                 "/rollback", "/rollout/pause", "/rollout/resume", "/rollout/abort"):  # fmt: skip
         assert path in script, path
     assert "innerHTML" not in script  # text only: no markup from the server
 
@@ -54,8 +54,18 @@ def test_stable_test_ids() -> None:
                    "updated", "error", "notice"):  # fmt: skip
         assert f'data-testid="{testid}"' in page, testid
     for testid in ("model-", "serving-", "traffic-", "versions-", "rollout-", "drift-",
-                   "rollback-", "pause-", "resume-", "abort-"):  # fmt: skip
+                   "rollback-", "pause-", "resume-", "abort-", "quality-", "quality-empty-",
+                   "quality-chart-", "share-chart-", "quality-legend-", "quality-table-",
+                   "quality-row-", "quality-value-"):  # fmt: skip
         assert f"`{testid}${{" in script, testid
+
+
+def test_the_quality_charts_are_plain_svg_without_a_library() -> None:
+    script = (CONSOLE_DIR / "console.js").read_text()
+    assert "createElementNS" in script and '"http://www.w3.org/2000/svg"' in script
+    # 404 (no figures for the model) and 503 (no quality store) read as "nothing yet".
+    assert "no quality figures yet" in script
+    assert "err.status === 404 || err.status === 503" in script
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
