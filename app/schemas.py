@@ -121,6 +121,11 @@ class ModelStatus(BaseModel):
     rollout: dict[str, Any] | None = Field(
         None, description="The rollout in progress or last finished: step, weight, gates."
     )
+    quality: dict[str, dict[str, Any]] | None = Field(
+        None,
+        description="Live quality per role (champion, challenger, shadow), from labelled "
+        "predictions: metric, value, interval, label count.",
+    )
 
 
 class RollbackResult(BaseModel):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import logging
+import random
+import time
 from typing import Any
 
 from fastapi import FastAPI
@@ -14,13 +17,15 @@ from ray.serve.handle import DeploymentHandle
 
 from app import constants
 from app.control.routing import RoutingTable
+from app.quality.inference_log import LogWriter
+from app.quality.logstore import LogStore, PredictionRecord
 from app.security.auth import Authenticator, KeyStore
 from app.security.ratelimit import LeaseFn, RateLimiter
 from app.serving.dataplane import DataPlane
 from app.serving.http import RequestRecord, create_api
 from app.settings import AppArgs
 from deployments.backends import HandleBackend
-from deployments.metrics import gateway_metrics, serving_errors, status_class
+from deployments.metrics import gateway_metrics, log_metrics, serving_errors, status_class
 
 logger = logging.getLogger("ray.serve")
 access_log = logging.getLogger("ray.serve.modellane.access")
@@ -33,6 +38,7 @@ OP_LONG_POLL = "routing table long-poll"
 OP_REPORT = "stats report"
 OP_METRICS = "gateway metrics"
 OP_LEASE = "rate limiter lease"
+OP_LOG_WRITE = "inference log write"
 
 
 class WatcherControl:
@@ -106,6 +112,24 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self._follow_task = loop.create_task(self._follow_table())
         self._report_task = loop.create_task(self._report_stats())
+        log = self._args.inference_log
+        self._log: LogWriter | None = None
+        if log.uri is not None:
+            self._log = LogWriter(
+                LogStore(log.uri), self._replica, log.flush_interval_s, log.max_buffer_records
+            )
+            self._log_task = loop.create_task(self._log.run())
+        self._sample = random.Random()
+
+    async def __del__(self) -> None:
+        """Graceful shutdown (a ``serve deploy`` that replaces this replica, ``serve
+        shutdown``): write what the inference log holds, then say so to the watcher."""
+        if getattr(self, "_log", None) is None:
+            return
+        assert self._log is not None
+        self._log_task.cancel()
+        await self._log.close()
+        await self._report_once(closed=True)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(
@@ -118,7 +142,12 @@ class Gateway:
             limits=self._args.limits,
             authenticator=self._authenticator,
             limiter=self._limiter,
+            task_for=self._task_for,
         )
+
+    def _task_for(self, model: str) -> str:
+        settings = self._args.models.get(model)
+        return settings.task if settings is not None else "auto"
 
     def _observe(self, record: RequestRecord) -> None:
         """Metrics and one JSON access-log line per prediction request."""
@@ -134,6 +163,7 @@ class Gateway:
         metrics.latency.observe(record.latency_s, tags=tags)
         if record.status >= 400:
             metrics.errors.inc(tags={**tags, "status_class": status_class(record.status)})
+        self._log_prediction(record)
         access_log.info(
             json.dumps(
                 {
@@ -150,6 +180,30 @@ class Gateway:
                     "key": record.key_name,
                     "replica": self._replica,
                 }
+            )
+        )
+
+    def _log_prediction(self, record: RequestRecord) -> None:
+        """Hand the prediction to the inference log (sampled per model; never waits)."""
+        settings = self._args.models.get(record.model)
+        if self._log is None or settings is None:  # only served models: no path from a URL
+            return
+        if settings.sample_rate < 1.0 and self._sample.random() >= settings.sample_rate:
+            return
+        key = record.routing_key
+        self._log.offer(
+            PredictionRecord(
+                request_id=record.request_id or "",
+                ts=time.time() - record.latency_s,
+                model=record.model,
+                version=record.version or "",
+                role=record.role or "",
+                routing_key=hashlib.sha256(key.encode()).hexdigest()[:16] if key else None,
+                inputs=record.inputs if settings.log_inputs else None,
+                outputs=record.outputs,
+                latency_ms=record.latency_s * 1000.0,
+                status=record.status,
+                replica=self._replica,
             )
         )
 
@@ -179,15 +233,18 @@ class Gateway:
             await asyncio.sleep(constants.STATS_REPORT_S)
             await self._report_once()
 
-    async def _report_once(self) -> None:
+    async def _report_once(self, closed: bool = False) -> None:
         try:
             self._export_failures()
             self._set_gauges()
         except Exception:  # observing must never break serving
             logger.exception("setting gauges failed")
             _count_error(OP_METRICS)
+        snapshot = self.dataplane.snapshot()
+        if self._log is not None:
+            snapshot["log"] = {**self._log.stats(), "closed": closed}
         try:
-            await self._watcher.report.remote(self._replica, self.dataplane.snapshot())
+            await self._watcher.report.remote(self._replica, snapshot)
         except Exception as exc:  # the watcher may be restarting; figures are cumulative
             logger.warning("stats report to the watcher failed: %r", exc)
             _count_error(OP_REPORT)
@@ -198,11 +255,21 @@ class Gateway:
         totals = dict(self.dataplane.failures)
         if self._limiter is not None:
             totals[OP_LEASE] = self._limiter.central_failures
+        if self._log is not None:
+            totals[OP_LOG_WRITE] = self._log.stats()["failed_writes"]
         for operation, total in totals.items():
             new = total - self._exported.get(operation, 0)
             if new > 0:
                 _count_error(operation, new)
                 self._exported[operation] = total
+        if self._log is not None:
+            stats = self._log.stats()
+            written, dropped = log_metrics()
+            for name, counter in (("written", written), ("dropped", dropped)):
+                new = stats[name] - self._exported.get(f"log {name}", 0)
+                if new > 0:
+                    counter.inc(new)
+                    self._exported[f"log {name}"] = stats[name]
 
     def _set_gauges(self) -> None:
         metrics = gateway_metrics()

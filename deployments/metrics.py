@@ -135,6 +135,9 @@ class WatcherMetrics:
     failed_loads: Counter
     rollout_step: Gauge
     control_errors: Counter
+    quality: Gauge
+    labels: Counter
+    log_lost: Counter
 
 
 @functools.cache
@@ -155,6 +158,38 @@ def watcher_metrics() -> WatcherMetrics:
             "Control-plane calls that failed and were noted (registry reads and writes, "
             "Serve calls); each is also an event of kind 'error'.",
             tag_keys=_keys("model", "operation"),
+        ),
+        quality=Gauge(
+            "modellane_quality",
+            "Live quality of a version over its most recent labelled predictions "
+            "(metric: accuracy, mae or rmse).",
+            tag_keys=_keys(*MVR, "metric"),
+        ),
+        labels=Counter(
+            "modellane_labels_total",
+            "Labels joined with a version's logged predictions.",
+            tag_keys=MV,
+        ),
+        log_lost=Counter(
+            "modellane_log_records_lost_total",
+            "Inference-log records a gateway replica held unwritten when it ended without "
+            "a flush (a crash), as of its last report.",
+        ),
+    )
+
+
+@functools.cache
+def log_metrics() -> tuple[Counter, Counter]:
+    """The inference log's written and dropped records, counted by each gateway replica."""
+    return (
+        Counter(
+            "modellane_log_records_written_total",
+            "Prediction records written to the inference log.",
+        ),
+        Counter(
+            "modellane_log_records_dropped_total",
+            "Prediction records dropped because a gateway replica's log buffer was full "
+            "(the answer never waits for the log).",
         ),
     )
 

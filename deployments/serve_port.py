@@ -74,6 +74,16 @@ class RayControlMetrics:
     def control_error(self, model: str, operation: str) -> None:
         watcher_metrics().control_errors.inc(tags={"model": model, "operation": operation})
 
+    def quality(self, model: str, version: str, role: str, metric: str, value: float) -> None:
+        tags = {"model": model, "version": version, "role": role, "metric": metric}
+        watcher_metrics().quality.set(value, tags=tags)
+
+    def labels(self, model: str, version: str, count: int) -> None:
+        watcher_metrics().labels.inc(count, tags={"model": model, "version": version})
+
+    def log_lost(self, count: int) -> None:
+        watcher_metrics().log_lost.inc(count)
+
 
 def failure_reason(texts: list[str], error: BaseException) -> str:
     """The last exception line found in ``texts`` (a replica's traceback, Serve's message,

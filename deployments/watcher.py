@@ -22,6 +22,8 @@ from app import constants
 from app.control.plane import build
 from app.control.ports import SystemClock, ThreadedRegistry
 from app.control.registry import RegistryClient
+from app.quality.live import QualityMonitor
+from app.quality.logstore import LogStore
 from app.serving.errors import ModellaneError
 from app.settings import AppArgs
 from deployments.metrics import set_gpu_gauges
@@ -42,7 +44,12 @@ class RegistryWatcher:
             os.environ.setdefault(key, value)
         registry = ThreadedRegistry(RegistryClient(self._args.mlflow_tracking_uri))
         self._parts = build(
-            self._args, RayServe(self._args), registry, SystemClock(), RayControlMetrics()
+            self._args,
+            RayServe(self._args),
+            registry,
+            SystemClock(),
+            RayControlMetrics(),
+            quality=_quality_monitor(self._args),
         )
         loop = asyncio.get_running_loop()
         self._loop_task = loop.create_task(
@@ -52,6 +59,7 @@ class RegistryWatcher:
             self._parts.tick_rollouts_forever(constants.ROLLOUT_TICK_S)
         )
         self._drift_task = loop.create_task(self._run_drift())
+        self._quality_task = loop.create_task(self._parts.quality.run_forever())
 
     async def _run_drift(self) -> None:
         while True:
@@ -63,8 +71,9 @@ class RegistryWatcher:
                 self._parts.memory.note_error("GPU gauges", exc, then="set again next interval")
 
     async def check_health(self) -> None:
-        if self._loop_task.done():
-            raise RuntimeError(f"reconcile loop ended: {self._loop_task.exception()!r}")
+        for name, task in (("reconcile", self._loop_task), ("quality", self._quality_task)):
+            if task.done():
+                raise RuntimeError(f"{name} loop ended: {task.exception()!r}")
 
     # -- what gateways call ----------------------------------------------------------------
 
@@ -72,8 +81,18 @@ class RegistryWatcher:
         return await self._parts.publisher.wait_for_table(known_epoch, timeout_s)
 
     def report(self, replica: str, snapshot: dict[str, Any]) -> None:
-        """A gateway replica's cumulative request and comparison figures."""
+        """A gateway replica's cumulative request, comparison and inference-log figures."""
+        snapshot["reported_at"] = self._parts.memory.clock.time()
         self._parts.memory.reports[replica] = snapshot
+
+    async def feedback(
+        self, name: str, entries: list[tuple[str, str]], key: str | None
+    ) -> dict[str, Any]:
+        """Labels of earlier predictions, checked by the gateway: store and count them."""
+        try:
+            return await self._parts.quality.accept(name, entries, key)
+        except ModellaneError as exc:
+            return exc.body()
 
     # -- what the admin API calls: an error comes back as its common body ---------------
 
@@ -83,6 +102,13 @@ class RegistryWatcher:
 
     def events(self, model: str | None = None, since: int = 0, limit: int = 500) -> list[Any]:
         return [e.model_dump() for e in self._parts.memory.events.list(model, since, limit)]
+
+    def quality(self, name: str) -> dict[str, Any]:
+        """Live quality per version: the figures now and their history."""
+        try:
+            return self._parts.quality.report(name)
+        except ModellaneError as exc:
+            return exc.body()
 
     def drift(self, name: str) -> dict[str, Any]:
         """The latest drift figures of the model's champion."""
@@ -102,6 +128,18 @@ class RegistryWatcher:
 
     async def rollout_action(self, name: str, action: str) -> dict[str, Any]:
         return await _answer(self._parts.admin.rollout_action(name, action))
+
+
+def _quality_monitor(args: AppArgs) -> QualityMonitor | None:
+    """The labels and live quality over the inference log; None where none is configured."""
+    if args.inference_log.uri is None:
+        return None
+
+    def task(model: str) -> str:
+        settings = args.models.get(model)
+        return settings.task if settings is not None else "auto"
+
+    return QualityMonitor(LogStore(args.inference_log.uri), args.feedback, task)
 
 
 async def _answer(action: Awaitable[Any]) -> dict[str, Any]:

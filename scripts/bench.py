@@ -232,8 +232,14 @@ def process(command: list[str], log: Path, **kwargs: Any) -> Iterator[subprocess
 
 
 def control_config(
-    tracking_uri: str, port: int, gateway_replicas: int, minilm_batch: int
+    tracking_uri: str,
+    port: int,
+    gateway_replicas: int,
+    minilm_batch: int,
+    log_dir: Path | None = None,
 ) -> dict[str, Any]:
+    """serve_config.yaml for the bench; every prediction logged to ``log_dir`` (100%
+    sampling), or none when it is None."""
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     (control,) = config["applications"]
@@ -241,6 +247,7 @@ def control_config(
     args["mlflow_tracking_uri"] = tracking_uri
     args["poll_interval_s"] = 2
     args["keep_previous_s"] = 30
+    args["inference_log"] = {**args.get("inference_log", {}), "uri": log_dir and str(log_dir)}
     args["models"] = {
         "iris": {**args["models"]["iris"], "rollout": None},
         "minilm": {
@@ -442,7 +449,10 @@ def bench_serving(
         admin = httpx.Client(
             base_url=base, timeout=60, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
         )
-        config = control_config(tracking_uri, port, args.gateway_replicas, args.minilm_batch)
+        log_dir = work / "inference_log"
+        config = control_config(
+            tracking_uri, port, args.gateway_replicas, args.minilm_batch, log_dir
+        )
         deploy(config)
         wait_for(lambda: admin.get("/readyz").status_code == 200, 900, "the gateway to be ready")
         registry = MlflowClient(tracking_uri)
@@ -578,7 +588,7 @@ def bench_serving(
             key=PREDICT_KEY,
             **measure,
         )
-        config = control_config(tracking_uri, port, args.gateway_replicas, 1)
+        config = control_config(tracking_uri, port, args.gateway_replicas, 1, log_dir)
         deploy(config)
         wait_for(lambda: _batch_size_in_force("minilm-v1") == 1, 600, "minilm without batching")
         wait_for(lambda: admin.get("/readyz").status_code == 200, 300, "ready again")
@@ -601,6 +611,28 @@ def bench_serving(
             "threads": threads,
             "sentences_per_s_batch_1": round(encode_one_rate, 1),
         }
+        # 8. The inference log's cost: iris with every prediction logged, then with no log.
+        runs["iris_log_on"] = wrk(
+            "iris, every prediction logged",
+            f"{base}/v1/models/iris/predict",
+            iris_body,
+            concurrency=args.concurrency,
+            key=PREDICT_KEY,
+            **measure,
+        )
+        replicas = _gateway_replicas(admin)
+        deploy(control_config(tracking_uri, port, args.gateway_replicas, 1, None))
+        wait_for(lambda: _gateway_replicas(admin).isdisjoint(replicas), 300, "new gateways")
+        wait_for(lambda: admin.get("/readyz").status_code == 200, 300, "ready again")
+        runs["iris_log_off"] = wrk(
+            "iris, no inference log",
+            f"{base}/v1/models/iris/predict",
+            iris_body,
+            concurrency=args.concurrency,
+            key=PREDICT_KEY,
+            **measure,
+        )
+        results["inference_log"] = _log_figures(log_dir)
         admin.close()
     finally:
         with contextlib.suppress(Exception):
@@ -625,6 +657,7 @@ def bench_serving(
         runs["iris_during_swap"].p99_ms, runs["iris_steady"].p99_ms
     )
     ratios["client_headroom"] = ratio(runs["client_ceiling"].rps, runs["iris_direct"].rps)
+    ratios["log_throughput"] = ratio(runs["iris_log_on"].rps, runs["iris_log_off"].rps)
 
 
 TARGETS = [
@@ -634,7 +667,31 @@ TARGETS = [
     ("batching_gain", ">=", 3.0, "minilm throughput batched / unbatched"),
     ("shadow_p99", "<=", 1.15, "champion p99 with a 100% shadow / without"),
     ("swap_p99_vs_steady", "<=", 2.0, "p99 during a champion switch / steady"),
+    ("log_throughput", ">=", 0.95, "iris throughput with every prediction logged / no log"),
 ]
+
+
+def _gateway_replicas(admin: httpx.Client) -> set[str]:
+    """The gateway replicas answering now (each names itself in /admin/routing)."""
+    seen: set[str] = set()
+    for _ in range(10):
+        answer = admin.get("/admin/routing")
+        if answer.status_code == 200:
+            seen.add(answer.json()["replica"])
+    return seen
+
+
+def _log_figures(log_dir: Path) -> dict[str, Any]:
+    """What the bench's gateways wrote to the inference log (DuckDB over the Parquet)."""
+    import duckdb
+
+    files = list((log_dir / "predictions").rglob("*.parquet"))
+    if not files:
+        return {"records": 0, "files": 0}
+    (records,) = duckdb.sql(
+        f"select count(*) from read_parquet('{log_dir}/predictions/**/*.parquet')"
+    ).fetchone() or (0,)
+    return {"records": int(records), "files": len(files)}
 
 
 def write(out: Path, results: dict[str, Any]) -> None:

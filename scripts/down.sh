@@ -20,5 +20,13 @@ stop() {  # stop NAME
   rm -f "$pidfile"
 }
 
+# First a graceful Serve shutdown: each gateway replica writes what its inference log holds
+# (a plain stop of the Ray head would lose up to one flush interval of records).
+if [ -f "$RUN/ray.pid" ] && kill -0 "$(cat "$RUN/ray.pid")" 2>/dev/null; then
+  # shellcheck source=scripts/env.sh
+  source scripts/env.sh
+  echo "[down] serve shutdown (gateways flush their inference log)"
+  timeout 120 serve shutdown --yes >/dev/null 2>&1 || echo "[down] serve shutdown failed; stopping Ray anyway"
+fi
 stop ray
 stop mlflow

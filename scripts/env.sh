@@ -8,5 +8,7 @@ export PATH="$_modellane_root/.venv/bin:$PATH"
 export RAY_AUTH_MODE=token
 export RAY_ADDRESS=${RAY_ADDRESS:-http://127.0.0.1:8265}
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-http://127.0.0.1:5000}
+# Where scripts/up.sh keeps the inference log (`modellane log sql`, `modellane log tail`).
+export MODELLANE_INFERENCE_LOG_URI=${MODELLANE_INFERENCE_LOG_URI:-$_modellane_root/.run/inference_log}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 unset _modellane_root

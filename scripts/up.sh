@@ -62,6 +62,8 @@ if [ ! -s "$RUN/admin.key" ] || [ ! -s "$RUN/api_keys.json" ]; then
 fi
 MODELLANE_API_KEYS="$(cat "$RUN/api_keys.json")"
 export MODELLANE_API_KEYS
+# The inference log and labels (Parquet), unless serve_config.yaml names another place.
+export MODELLANE_INFERENCE_LOG_URI="${MODELLANE_INFERENCE_LOG_URI:-$ROOT/$RUN/inference_log}"
 export MODELLANE_PREDICT_AUTH="${MODELLANE_PREDICT_AUTH:-off}"
 if alive "$RUN/ray.pid" || ray status --address "127.0.0.1:$RAY_GCS_PORT" >/dev/null 2>&1; then
   echo "[up] Ray head already running"
@@ -94,6 +96,7 @@ modellane is up.
   Ray dashboard  http://127.0.0.1:$DASHBOARD_PORT   (token: ray get-auth-token)
   admin API key  in $RUN/admin.key   (curl -H "Authorization: Bearer \$(cat $RUN/admin.key)" ...)
   MLflow UI      http://127.0.0.1:$MLFLOW_PORT
+  inference log  $MODELLANE_INFERENCE_LOG_URI   (modellane log sql "select ..."; docs/inference-log.md)
 For the CLIs (serve status, ray, mlflow): source scripts/env.sh
 Stop everything: scripts/down.sh
 MSG

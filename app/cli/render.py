@@ -149,6 +149,31 @@ def _rollout_part(rollout: dict[str, Any]) -> RenderableType:
     return Group(*parts)
 
 
+def _quality_table(status: dict[str, Any]) -> Table | None:
+    """Live quality per role, from labels (``quality`` of the model's status)."""
+    quality = status.get("quality") or {}
+    if not quality:
+        return None
+    table = Table(title="live quality (labelled predictions)", title_justify="left")
+    for column in ("role", "v", "metric", "value", "95% interval", "labels"):
+        table.add_column(column)
+    for role in (constants.ROLE_CHAMPION, constants.ROLE_CHALLENGER, constants.ROLE_SHADOW):
+        row = quality.get(role)
+        if not row:
+            continue
+        low, high = row.get("low"), row.get("high")
+        interval = f"{_num(low)} .. {_num(high)}" if low is not None and high is not None else "-"
+        table.add_row(
+            role,
+            str(row.get("version")),
+            str(row.get("metric")),
+            _num(row.get("value")),
+            interval,
+            str(row.get("labels", 0)),
+        )
+    return table
+
+
 def _drift_part(drift: dict[str, Any] | None) -> RenderableType:
     if drift is None:
         return Text("drift: not available", style="dim")
@@ -180,7 +205,8 @@ def _drift_part(drift: dict[str, Any] | None) -> RenderableType:
 
 
 def model_view(status: dict[str, Any], drift: dict[str, Any] | None) -> Panel:
-    """One model: versions and roles, traffic, health, rollout and gates, comparison, drift."""
+    """One model: versions and roles, traffic, health, rollout and gates, live quality,
+    comparison, drift."""
     serving = status.get("serving_version")
     head = Text()
     if serving:
@@ -201,9 +227,9 @@ def model_view(status: dict[str, Any], drift: dict[str, Any] | None) -> Panel:
     parts.append(table)
     if status.get("rollout"):
         parts.append(_rollout_part(status["rollout"]))
-    comparison = _comparison_table(status)
-    if comparison is not None:
-        parts.append(comparison)
+    for extra in (_quality_table(status), _comparison_table(status)):
+        if extra is not None:
+            parts.append(extra)
     parts.append(_drift_part(drift))
     return Panel(Group(*parts), title=f"[bold]{status['name']}[/bold]", title_align="left")
 

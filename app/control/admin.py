@@ -11,6 +11,7 @@ from app import constants
 from app.control import events as ev
 from app.control.context import ControlContext
 from app.control.lifecycle import Lifecycle
+from app.control.quality import QualityLoop
 from app.control.rollout_driver import RolloutDriver
 from app.control.routing import Target
 from app.schemas import FailureInfo, ModelStatus, ReplicaHealth, RoleInfo, RollbackResult
@@ -24,8 +25,10 @@ class Admin:
         lifecycle: Lifecycle,
         rollouts: RolloutDriver,
         switch_wait_s: float = constants.DEFAULT_ROLLBACK_WAIT_S,
+        quality: QualityLoop | None = None,
     ) -> None:
         self._ctx = ctx
+        self._quality = quality
         self._lifecycle = lifecycle
         self._rollouts = rollouts
         self._switch_wait_s = switch_wait_s
@@ -67,6 +70,7 @@ class Admin:
             challenger=self._role_info(name, state.challenger, weight=state.weight),
             shadow=self._role_info(name, state.shadow, fraction=memory.shadow_fraction(name)),
             rollout=self._rollouts.info(name),
+            quality=self._quality.by_role(name) if self._quality is not None else None,
         )
 
     def _role_info(

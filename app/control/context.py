@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from app.control.memory import ControlMemory
 from app.control.outbox import Outbox
-from app.control.ports import RegistryPort, ServePort
+from app.control.ports import QualityPort, RegistryPort, ServePort
 from app.control.publisher import Publisher
 
 
@@ -21,3 +21,5 @@ class ControlContext:
     publisher: Publisher
     #: reconcile now instead of at the next poll
     wake: Callable[[], None]
+    #: labels and live quality; None where no inference log is configured
+    quality: QualityPort | None = None

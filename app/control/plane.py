@@ -19,8 +19,9 @@ from app.control.lifecycle import Lifecycle
 from app.control.memory import ControlMemory
 from app.control.monitors import DriftMonitor, PostAlert, post_json
 from app.control.outbox import Outbox
-from app.control.ports import Clock, ControlMetrics, RegistryPort, ServePort
+from app.control.ports import Clock, ControlMetrics, QualityPort, RegistryPort, ServePort
 from app.control.publisher import Publisher
+from app.control.quality import QualityLoop
 from app.control.reconcile_pass import Reconciler
 from app.control.rollout_driver import RolloutDriver
 from app.settings import AppArgs
@@ -36,6 +37,7 @@ class ControlParts:
     reconciler: Reconciler
     admin: Admin
     drift: DriftMonitor
+    quality: QualityLoop
     #: set to reconcile now instead of at the next poll
     wake_event: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -73,13 +75,15 @@ def build(
     metrics: ControlMetrics,
     post_alert: PostAlert = post_json,
     switch_wait_s: float = constants.DEFAULT_ROLLBACK_WAIT_S,
+    quality: QualityPort | None = None,
 ) -> ControlParts:
     memory = ControlMemory(args, EventLog(clock=clock.time), clock, metrics)
     wake_event = asyncio.Event()
     outbox = Outbox(registry, memory)
     publisher = Publisher(memory)
-    ctx = ControlContext(memory, serve, registry, outbox, publisher, wake_event.set)
-    rollouts = RolloutDriver(ctx)
+    ctx = ControlContext(memory, serve, registry, outbox, publisher, wake_event.set, quality)
+    quality_loop = QualityLoop(ctx)
+    rollouts = RolloutDriver(ctx, quality_loop)
     lifecycle = Lifecycle(ctx, rollouts)
     return ControlParts(
         memory=memory,
@@ -88,7 +92,8 @@ def build(
         rollouts=rollouts,
         lifecycle=lifecycle,
         reconciler=Reconciler(ctx, lifecycle),
-        admin=Admin(ctx, lifecycle, rollouts, switch_wait_s),
+        admin=Admin(ctx, lifecycle, rollouts, switch_wait_s, quality_loop),
         drift=DriftMonitor(memory, serve, post_alert),
+        quality=quality_loop,
         wake_event=wake_event,
     )

@@ -16,6 +16,7 @@ import time
 from typing import Any, Protocol
 
 from app.control.registry import RegisteredVersion, RegistryClient
+from app.quality.sequential import Scores
 
 
 class ServePort(Protocol):
@@ -70,6 +71,37 @@ class RegistryPort(Protocol):
 
     async def tag_model(self, name: str, key: str, value: str) -> None: ...
 
+    async def log_quality(
+        self, name: str, version: str, metrics: dict[str, float], at: float
+    ) -> str:
+        """Write a version's live quality to MLflow (a run linked to the version)."""
+        ...
+
+
+class QualityPort(Protocol):
+    """Labels and live quality (:class:`app.quality.live.QualityMonitor`)."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether the labels already stored were read (deduplication needs them)."""
+        ...
+
+    async def load(self) -> None: ...
+
+    async def accept(
+        self, model: str, entries: list[tuple[str, str]], key: str | None
+    ) -> dict[str, int]: ...
+
+    async def refresh(self, roles: dict[str, dict[str, tuple[str, float]]]) -> None: ...
+
+    def figures(self, model: str) -> list[dict[str, Any]]: ...
+
+    def history(self, model: str) -> list[dict[str, Any]]: ...
+
+    async def scores_since(self, model: str, metric: str, since: float) -> dict[str, Scores]: ...
+
+    async def maintain(self, now: float, compact_min_files: int, retention_days: float) -> Any: ...
+
 
 class Clock(Protocol):
     def time(self) -> float:
@@ -94,6 +126,18 @@ class ControlMetrics(Protocol):
 
     def control_error(self, model: str, operation: str) -> None:
         """A control-plane call failed (a registry read or write, a Serve call)."""
+        ...
+
+    def quality(self, model: str, version: str, role: str, metric: str, value: float) -> None:
+        """A version's live quality now (a gauge)."""
+        ...
+
+    def labels(self, model: str, version: str, count: int) -> None:
+        """``count`` more labels joined with the version's predictions (a counter)."""
+        ...
+
+    def log_lost(self, count: int) -> None:
+        """Inference-log records a gateway replica held when it ended without a flush."""
         ...
 
 
@@ -135,3 +179,8 @@ class ThreadedRegistry:
 
     async def tag_model(self, name: str, key: str, value: str) -> None:
         await asyncio.to_thread(self._client.tag_model, name, key, value)
+
+    async def log_quality(
+        self, name: str, version: str, metrics: dict[str, float], at: float
+    ) -> str:
+        return await asyncio.to_thread(self._client.log_quality, name, version, metrics, at)

@@ -68,6 +68,10 @@ def desired_roles(versions: list[RegisteredVersion]) -> dict[str, Desired]:
     return roles
 
 
+#: Where the registry watcher writes live quality, one run per model version.
+QUALITY_EXPERIMENT = "modellane-live-quality"
+
+
 class RegistryClient:
     """Reads registered models and versions from an MLflow tracking server."""
 
@@ -163,3 +167,39 @@ class RegistryClient:
         tags = self._client.get_registered_model(name).tags or {}
         value = tags.get(key)
         return str(value) if value is not None else None
+
+    def log_quality(self, name: str, version: str, metrics: dict[str, float], at: float) -> str:
+        """Write a version's live quality as metrics of its quality run, made on first use
+        (experiment ``modellane-live-quality``) and linked from the version's tag
+        ``modellane.quality_run``, so the MLflow UI plots it over time. Returns the run id."""
+        from mlflow.entities import Metric
+
+        tags = self.version_tags(name, version)
+        run_id = tags.get(constants.TAG_QUALITY_RUN)
+        if not run_id:
+            run_id = self._quality_run(name, version)
+            self._client.set_model_version_tag(name, version, constants.TAG_QUALITY_RUN, run_id)
+        stamp = int(at * 1000)
+        self._client.log_batch(
+            run_id, metrics=[Metric(key, value, stamp, 0) for key, value in metrics.items()]
+        )
+        return run_id
+
+    def _quality_run(self, name: str, version: str) -> str:
+        experiment = self._client.get_experiment_by_name(QUALITY_EXPERIMENT)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else self._client.create_experiment(QUALITY_EXPERIMENT)
+        )
+        run = self._client.create_run(
+            experiment_id,
+            run_name=f"{name}-v{version}-live",
+            tags={
+                "modellane.model": name,
+                "modellane.version": version,
+                "mlflow.note.content": f"Live quality of {name} version {version} from "
+                "labelled predictions (modellane feedback), written by the registry watcher.",
+            },
+        )
+        return str(run.info.run_id)

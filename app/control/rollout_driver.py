@@ -20,14 +20,17 @@ from app import constants
 from app.control import events as ev
 from app.control import rollout as rollout_mod
 from app.control.context import ControlContext
+from app.control.quality import QualityLoop
 from app.serving.errors import Conflict
 
 _IN_PROGRESS = (rollout_mod.RUNNING, rollout_mod.PAUSED)
 
 
 class RolloutDriver:
-    def __init__(self, ctx: ControlContext) -> None:
+    def __init__(self, ctx: ControlContext, quality: QualityLoop | None = None) -> None:
         self._ctx = ctx
+        #: labelled predictions for quality gates; MLflow write-back at each decision
+        self._quality = quality
         #: model -> the version whose promotion is being written to the registry
         self._promoting: dict[str, str] = {}
 
@@ -120,7 +123,19 @@ class RolloutDriver:
         champion = memory.arm_total(name, state.champion.version)
         challenger = memory.arm_total(name, rollout.version)
         agreement = memory.agreement_total(name, rollout.version)
-        decision = rollout_mod.evaluate(rollout, policy, champion, challenger, agreement, now)
+        quality = None
+        gate = policy.gates.quality
+        if gate is not None and self._quality is not None:
+            quality = await self._quality.rollout_figures(
+                name, gate.metric, state.champion.version, rollout.version, rollout.started_at
+            )
+            if quality is None:
+                return  # labels unreadable now: decide nothing on half the figures
+        decision = rollout_mod.evaluate(
+            rollout, policy, champion, challenger, agreement, now, quality=quality
+        )
+        if decision.action != "wait" and self._quality is not None:
+            await self._quality.write_back(name)
         if decision.action == "advance":
             memory.rollouts[name] = rollout_mod.advance(
                 rollout, now, champion, challenger, agreement, decision.gates

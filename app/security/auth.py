@@ -3,11 +3,13 @@
 - A key is a random secret (``ml_`` + 43 URL-safe characters) that only its holder knows;
   configuration holds its SHA-256 only (``keys:`` in the gateway's ``auth:`` block, and the
   JSON list in ``$MODELLANE_API_KEYS``), so a leaked config file or environment leaks no key.
-- Scopes: ``predict`` (the data plane) and ``admin`` (``/admin/...``); an admin key may
-  also predict.
-- Paths fall in three classes: public (health and API docs: never a key, so probes never
-  fail on auth), admin (always an admin key, whatever the settings say), and predict
-  (everything else; a key unless ``predict_requires_key`` is off).
+- Scopes: ``predict`` (the data plane), ``feedback`` (labels only: ``POST
+  /v1/models/{name}/feedback``, for a labelling service that must not predict) and
+  ``admin`` (``/admin/...``); a predict key may also send feedback, an admin key anything.
+- Paths fall in four classes: public (health and API docs: never a key, so probes never
+  fail on auth), admin (always an admin key, whatever the settings say), feedback, and
+  predict (everything else); feedback and predict need a key unless
+  ``predict_requires_key`` is off.
 - A presented key is checked against every stored hash with a constant-time comparison, so
   the answer's timing tells neither which key nor how much of one matched; and no message,
   exception or log line ever holds a presented key or a hash.
@@ -35,8 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.serving.errors import Forbidden, Unauthorized
 
-Scope = Literal["predict", "admin"]
-PathClass = Literal["public", "predict", "admin"]
+Scope = Literal["predict", "feedback", "admin"]
+PathClass = Literal["public", "predict", "feedback", "admin"]
 
 ENV_API_KEYS = "MODELLANE_API_KEYS"
 ENV_PREDICT_AUTH = "MODELLANE_PREDICT_AUTH"
@@ -140,7 +142,10 @@ class ApiKey(BaseModel):
 
     def allows(self, scope: Scope) -> bool:
         """Whether this key may call endpoints that need ``scope``."""
-        return scope in self.scopes or "admin" in self.scopes
+        if scope in self.scopes or "admin" in self.scopes:
+            return True
+        # Whoever may predict may also label what it predicted.
+        return scope == "feedback" and "predict" in self.scopes
 
 
 def _default_predict_requires_key() -> bool:
@@ -322,12 +327,17 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return api_key or None
 
 
+_FEEDBACK_PATH = re.compile(r"/v1/models/[^/]+/feedback")
+
+
 def classify(path: str) -> PathClass:
     """Which class of endpoint ``path`` is: public, admin or (everything else) predict."""
     if path in PUBLIC_PATHS or path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/"):
         return "public"  # the console's page and scripts; its data needs the admin key
     if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
         return "admin"
+    if _FEEDBACK_PATH.fullmatch(path):
+        return "feedback"
     return "predict"
 
 
@@ -428,7 +438,9 @@ def _parser() -> argparse.ArgumentParser:
         "new", help="make a key: prints the key once, then its entry for keys: or $" + ENV_API_KEYS
     )
     new.add_argument("--name", required=True, help="who holds the key")
-    new.add_argument("--scopes", default="predict", help="comma-separated: predict, admin")
+    new.add_argument(
+        "--scopes", default="predict", help="comma-separated: predict, feedback, admin"
+    )
     new.add_argument("--rate-per-s", type=float, default=None, help="requests per second")
     new.add_argument("--burst", type=int, default=None, help="requests at once above the rate")
     commands.add_parser("hash", help="read a key from stdin, print its sha256")

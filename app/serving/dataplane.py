@@ -20,6 +20,8 @@ import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from app.control.routing import ModelRoutes, RoutingTable, Target
@@ -53,6 +55,28 @@ class ModelBackend(Protocol):
 
 
 BackendFactory = Callable[[Target], ModelBackend]
+
+
+@dataclass
+class Answered:
+    """What the data plane took and answered for one request, for the inference log."""
+
+    inputs: Any = None
+    outputs: list[Any] | None = None
+    routing_key: str | None = None
+
+
+#: Set by the HTTP layer around each prediction request (:class:`app.serving.http.
+#: ObservePredictions`); the data plane fills it in. A mutable holder, so what the route
+#: writes is seen by the middleware whatever context the route ran in.
+ANSWERED: ContextVar[Answered | None] = ContextVar("modellane_answered", default=None)
+
+
+def _note(inputs: Any, routing_key: str | None = None) -> Answered | None:
+    note = ANSWERED.get()
+    if note is not None:
+        note.inputs, note.routing_key = inputs, routing_key
+    return note
 
 
 class DataPlane:
@@ -122,11 +146,14 @@ class DataPlane:
         routes = self._table.models.get(model)
         if routes is None:
             raise ModelNotFound(f"model {model!r} is not served here", model=model)
+        note = _note(inputs, routing_key)
         target = choose_target(
             routes, routing_key=routing_key, forced_version=forced_version, rng=self._rng
         )
         answer, latency_s = await self._call(model, target, inputs)
         response = _response(target, answer)
+        if note is not None:
+            note.outputs = response.outputs
         self._mirror(routes, target, inputs, response.outputs, latency_s)
         return response, target
 
@@ -138,9 +165,13 @@ class DataPlane:
         Raises:
             ModellaneError: as :meth:`predict`; 404 also when that version is not deployed.
         """
+        note = _note(inputs)
         target = self.deployed(model, version)
         answer, _ = await self._call(model, target, inputs)
-        return _response(target, answer), target
+        response = _response(target, answer)
+        if note is not None:
+            note.outputs = response.outputs
+        return response, target
 
     def deployed(self, model: str, version: str | None = None) -> Target:
         """The routable target of ``version`` (any role), or the champion when ``None``.
@@ -342,4 +373,4 @@ def _response(target: Target, answer: dict[str, Any]) -> PredictResponse:
     )
 
 
-__all__ = ["BackendFactory", "DataPlane", "ModelBackend"]
+__all__ = ["ANSWERED", "Answered", "BackendFactory", "DataPlane", "ModelBackend"]

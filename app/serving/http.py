@@ -39,9 +39,10 @@ from app.schemas import (
 from app.security.access import STATE_KEY_NAME, AccessControl
 from app.security.auth import Authenticator
 from app.security.ratelimit import RateLimiter
-from app.serving.dataplane import DataPlane
+from app.serving.dataplane import ANSWERED, Answered, DataPlane
 from app.serving.errors import ModellaneError, body_for_path, error_body, from_body
 from app.serving.guard import BodySizeLimit, RequestGuard, check_batch
+from app.serving.http_feedback import add_feedback_routes
 from app.serving.http_openai import add_embeddings_routes
 from app.serving.http_v2 import add_oip_routes
 from app.settings import LimitSettings
@@ -95,6 +96,12 @@ class ControlPlane(Protocol):
 
     async def drift(self, name: str) -> dict[str, Any]: ...
 
+    async def quality(self, name: str) -> dict[str, Any]: ...
+
+    async def feedback(
+        self, name: str, entries: list[tuple[str, str]], key: str | None
+    ) -> dict[str, Any]: ...
+
 
 def _unwrap(answer: dict[str, Any]) -> dict[str, Any]:
     if "error" in answer:
@@ -113,6 +120,11 @@ class RequestRecord:
     latency_s: float
     request_id: str | None
     key_name: str | None = None
+    #: what the request carried and the answer's outputs (None where it got none)
+    inputs: Any = None
+    outputs: list[Any] | None = None
+    #: the routing key header's value, if the request had one
+    routing_key: str | None = None
 
 
 Observer = Callable[[RequestRecord], None]
@@ -158,9 +170,12 @@ class ObservePredictions:
                 }
             await send(message)
 
+        note = Answered()
+        token = ANSWERED.set(note)
         try:
             await self.app(scope, receive, watching_send)
         finally:
+            ANSWERED.reset(token)
             request_headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
             headers = seen["headers"]
             model = (match.group(1) or match.group(2)) if match else state.get(STATE_MODEL)
@@ -174,6 +189,9 @@ class ObservePredictions:
                         latency_s=time.perf_counter() - started,
                         request_id=request_headers.get("x-request-id"),
                         key_name=state.get(STATE_KEY_NAME),
+                        inputs=note.inputs,
+                        outputs=note.outputs,
+                        routing_key=note.routing_key,
                     )
                 )
             except Exception:  # observing must never break serving
@@ -200,6 +218,7 @@ def create_api(
     limits: LimitSettings | None = None,
     authenticator: Authenticator | None = None,
     limiter: RateLimiter | None = None,
+    task_for: Callable[[str], str] = lambda _name: "auto",
 ) -> FastAPI:
     """The gateway's FastAPI app over ``dataplane`` (and ``control`` for /admin).
 
@@ -311,6 +330,7 @@ def create_api(
     add_oip_routes(api, dataplane, limits, routing_key_header)
     add_embeddings_routes(api, dataplane, limits, routing_key_header)
     if control is not None:
+        add_feedback_routes(api, dataplane, control.feedback, task_for)
         _add_admin_routes(api, dataplane, control, replica)
     return api
 
@@ -382,6 +402,15 @@ def _add_admin_routes(
     )
     async def drift(name: str) -> dict[str, Any]:
         return _unwrap(await control.drift(name))
+
+    @api.get(
+        "/admin/models/{name}/quality",
+        responses={404: _ERRORS[404]},
+        summary="Live quality per version (from labels): figures now and their history",
+        tags=["admin"],
+    )
+    async def quality(name: str) -> dict[str, Any]:
+        return _unwrap(await control.quality(name))
 
     @api.get(
         "/admin/events",

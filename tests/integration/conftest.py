@@ -53,7 +53,7 @@ IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 #: Models the test gateway serves besides the demo ones, with small replicas.
 TEST_MODELS = (
     "failing", "stageonly", "swapper", "broken", "abtest", "shadowed", "canary", "drifty",
-    "sturdy",
+    "sturdy", "graded",
 )  # fmt: skip
 DEMO_MODELS = ("iris", "minilm", "sentiment")
 #: Every model the test gateway serves.
@@ -64,6 +64,25 @@ TEST_MODEL_SETTINGS: dict[str, dict[str, Any]] = {
     # sturdy: the fault tests kill one of its two replicas.
     "sturdy": {"num_replicas": 2},
     "shadowed": {"shadow_fraction": 1.0, "shadow_timeout_s": 1.0, "shadow_max_in_flight": 4},
+    # graded: v1 weak, v2 strong iris; rollouts judged on labels (test_quality).
+    "graded": {
+        "rollout": {
+            "steps": [50, 100],
+            "step_interval_s": 2,
+            "min_requests": 10,
+            "gates": {
+                "max_error_rate_margin": 0.05,
+                "max_p95_factor": 50.0,
+                "quality": {
+                    "metric": "accuracy",
+                    "max_drop": 0.05,
+                    "min_labels": 20,
+                    "require": "non_inferior",
+                    "max_label_wait_s": 120,
+                },
+            },
+        }
+    },
     "canary": {
         "rollout": {
             "steps": [20, 50, 100],
@@ -196,7 +215,8 @@ def _register_test_models(uri: str) -> None:
                 pip_requirements=["mlflow", "pandas"],
             )
 
-    for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty", "sturdy"):
+    for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty", "sturdy",
+                 "graded"):  # fmt: skip
         client.create_registered_model(name)
     # drifty: iris v2 again; its run holds the training data's drift baseline.
     copy("drifty", iris)
@@ -219,7 +239,11 @@ def _register_test_models(uri: str) -> None:
     copy("canary", iris)
     copy("canary", iris)
     misbehaving("canary", "errors_on_share")
-    for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty", "sturdy"):
+    # graded: v1 weak, v2 strong (they disagree on about half the rows).
+    copy("graded", weak)
+    copy("graded", iris)
+    for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty", "sturdy",
+                 "graded"):  # fmt: skip
         client.set_registered_model_alias(name, "champion", "1")
 
 
@@ -374,11 +398,29 @@ def config_in_force(config: dict[str, Any], models: tuple[str, ...] = ()) -> boo
 
 
 @pytest.fixture(scope="session")
-def stack_config(serve_http: str, registry: str, webhook: WebhookReceiver) -> dict[str, Any]:
+def inference_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the test stack's gateways write the inference log and the watcher the labels."""
+    return tmp_path_factory.mktemp("inference_log")
+
+
+def quality_settings(log_dir: Path) -> dict[str, Any]:
+    """The inference log in ``log_dir``, flushed twice a second; live quality every second."""
+    return {
+        "inference_log": {"uri": str(log_dir), "flush_interval_s": 0.5},
+        "feedback": {"refresh_s": 1, "mlflow_interval_s": 5},
+    }
+
+
+@pytest.fixture(scope="session")
+def stack_config(
+    serve_http: str, registry: str, webhook: WebhookReceiver, inference_log_dir: Path
+) -> dict[str, Any]:
     """The config the test stack runs: a test that applies another one applies this one
     again before it ends (``apply_config``)."""
     port = int(serve_http.rsplit(":", 1)[1])
-    return control_config(registry, port, drift=drift_settings(webhook.url))
+    return control_config(
+        registry, port, drift=drift_settings(webhook.url), **quality_settings(inference_log_dir)
+    )
 
 
 def apply_config(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,6 +78,24 @@ def _training_rows() -> list[dict[str, Any]]:
     return [{"inputs": rows[i : i + 10]} for i in range(0, len(rows), 10)]
 
 
+def _labelled_iris(client: httpx.Client, count: int = 30) -> None:
+    """Single-row iris predictions, each with its request id, then their true classes."""
+    from sklearn.datasets import load_iris
+
+    data = load_iris()
+    labels = []
+    for i in range(count):
+        row = dict(zip(IRIS_COLUMNS, map(float, data.data[i * 5]), strict=True))
+        request_id = f"obs-{uuid.uuid4().hex}"
+        answer = client.post(
+            "/v1/models/iris/predict", json={"inputs": [row]}, headers={"X-Request-Id": request_id}
+        )
+        assert answer.status_code == 200, answer.text
+        labels.append({"request_id": request_id, "label": int(data.target[i * 5])})
+    answer = client.post("/v1/models/iris/feedback", json={"labels": labels})
+    assert answer.status_code == 202, answer.text
+
+
 def test_every_dashboard_expression_returns_series(
     prometheus: str, gateway: str, client: httpx.Client, roles: Roles
 ) -> None:
@@ -106,6 +125,7 @@ def test_every_dashboard_expression_returns_series(
         f"{gateway}/v1/models/iris/predict", _training_rows(), concurrency=2, min_requests=15
     ).run()
     client.post("/v1/models/iris/predict", json={"inputs": [{"bad": 1}]})  # a 4xx
+    _labelled_iris(client)  # live quality and label counts
     wait_for(lambda: _events(client, since, "broken", "failure"), 240, "broken v2 to fail to load")
 
     missing: list[str] = []

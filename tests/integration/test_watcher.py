@@ -322,7 +322,10 @@ def test_serve_deploy_of_a_changed_config_under_load(
     tests need its 2 gateway replicas)."""
     apps_before = set(serve.status().applications)
     port = int(gateway.rsplit(":", 1)[1])
-    config = control_config(registry, port, poll_interval_s=3, drift=drift_settings(webhook.url))
+    config = control_config(
+        registry, port, poll_interval_s=3, drift=drift_settings(webhook.url),
+        **{k: stack_config["applications"][0]["args"][k] for k in ("inference_log", "feedback")},
+    )  # fmt: skip
     control = config["applications"][0]
     control["args"]["models"]["iris"]["num_replicas"] = 2
     for deployment in control["deployments"]:

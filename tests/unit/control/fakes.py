@@ -12,6 +12,7 @@ from typing import Any
 from app import constants
 from app.control.plane import ControlParts, build
 from app.control.registry import RegisteredVersion
+from app.quality.sequential import Scores
 from app.quality.stats import ArmStats
 from app.settings import AppArgs
 
@@ -53,6 +54,15 @@ class FakeMetrics:
 
     def control_error(self, model: str, operation: str) -> None:
         self._note("control_error", model, operation)
+
+    def quality(self, model: str, version: str, role: str, metric: str, value: float) -> None:
+        self._note("quality", model, version, role, metric, value)
+
+    def labels(self, model: str, version: str, count: int) -> None:
+        self._note("labels", model, version, count)
+
+    def log_lost(self, count: int) -> None:
+        self._note("log_lost", count)
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
         return [args for k, args in self.calls if k == kind]
@@ -236,6 +246,12 @@ class FakeRegistry:
         await self._write("tag_model", name, key, value)
         self.model_tags.setdefault(name, {})[key] = value
 
+    async def log_quality(
+        self, name: str, version: str, metrics: dict[str, float], at: float
+    ) -> str:
+        await self._write("log_quality", name, version, dict(metrics), at)
+        return f"run-{name}-{version}"
+
 
 @dataclass
 class Stack:
@@ -271,7 +287,68 @@ class Stack:
         }
 
 
-def make_stack(models: dict[str, dict[str, Any]] | None = None, **args: Any) -> Stack:
+class FakeQuality:
+    """The quality monitor in memory: labelled scores and figures set by the test."""
+
+    def __init__(self) -> None:
+        self.loaded = False
+        self.fail_load = 0
+        self.fail_scores = False
+        #: model -> version -> Scores handed to the rollout gates
+        self.scores: dict[str, dict[str, Scores]] = {}
+        #: model -> the rows figures() answers
+        self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.accepted: list[tuple[str, list[tuple[str, str]], str | None]] = []
+        self.refreshed: list[dict[str, dict[str, tuple[str, float]]]] = []
+        self.maintained: list[float] = []
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded
+
+    async def load(self) -> None:
+        if self.fail_load > 0:
+            self.fail_load -= 1
+            raise Injected("labels unreadable")
+        self.loaded = True
+
+    async def accept(
+        self, model: str, entries: list[tuple[str, str]], key: str | None
+    ) -> dict[str, int]:
+        self.accepted.append((model, entries, key))
+        return {"accepted": len(entries), "duplicates": 0, "unknown": 0}
+
+    async def refresh(self, roles: dict[str, dict[str, tuple[str, float]]]) -> None:
+        self.refreshed.append(roles)
+
+    def figures(self, model: str) -> list[dict[str, Any]]:
+        return self.rows.get(model, [])
+
+    def history(self, model: str) -> list[dict[str, Any]]:
+        return []
+
+    async def scores_since(self, model: str, metric: str, since: float) -> dict[str, Scores]:
+        if self.fail_scores:
+            raise Injected("log unreadable")
+        return self.scores.get(model, {})
+
+    async def maintain(self, now: float, compact_min_files: int, retention_days: float) -> Any:
+        self.maintained.append(now)
+
+
+def scores(n: int, correct: int) -> Scores:
+    """Scores of ``n`` labelled classifications, ``correct`` of them right."""
+    result = Scores()
+    for i in range(n):
+        result.add(1.0 if i < correct else 0.0)
+    return result
+
+
+def make_stack(
+    models: dict[str, dict[str, Any]] | None = None,
+    quality: FakeQuality | None = None,
+    **args: Any,
+) -> Stack:
     """A control plane over fakes. Call it inside the event loop (asyncio objects)."""
     settings = AppArgs.model_validate(
         {
@@ -289,7 +366,10 @@ def make_stack(models: dict[str, dict[str, Any]] | None = None, **args: Any) -> 
         alerts.append(payload)
 
     # An admin action answers after 2 s without a switch (120 s in production).
-    parts = build(settings, serve, registry, clock, metrics, post_alert=post, switch_wait_s=2)
+    parts = build(
+        settings, serve, registry, clock, metrics, post_alert=post, switch_wait_s=2,
+        quality=quality,
+    )  # fmt: skip
     return Stack(parts, serve, registry, clock, metrics, alerts)
 
 

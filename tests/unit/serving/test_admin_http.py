@@ -41,6 +41,7 @@ class FakeControl:
         self.statuses: dict[str, dict[str, Any]] = {"m": status_of("m")}
         self.rollback_answer: dict[str, Any] | None = None
         self.events_answer: list[dict[str, Any]] = []
+        self.feedback_answer: dict[str, Any] | None = None
         self.calls: list[tuple[Any, ...]] = []
 
     async def model_status(self, name: str) -> dict[str, Any]:
@@ -97,6 +98,20 @@ class FakeControl:
         if name not in self.statuses:
             return ModelNotFound(f"model {name!r} is not served here", model=name).body()
         return {"model": name, "version": "3", "baseline": True, "features": []}
+
+    async def quality(self, name: str) -> dict[str, Any]:
+        self.calls.append(("quality", name))
+        if name not in self.statuses:
+            return ModelNotFound(f"model {name!r} is not served here", model=name).body()
+        return {"model": name, "metric": "accuracy", "current": [], "history": []}
+
+    async def feedback(
+        self, name: str, entries: list[tuple[str, str]], key: str | None
+    ) -> dict[str, Any]:
+        self.calls.append(("feedback", name, entries, key))
+        if self.feedback_answer is not None:
+            return self.feedback_answer
+        return {"accepted": len(entries), "duplicates": 0, "unknown": 0}
 
     async def rollout_action(self, name: str, action: str) -> dict[str, Any]:
         self.calls.append(("rollout_action", name, action))
