@@ -402,11 +402,13 @@ class LogStore:
         """Merge small files: in each partition, once ``min_files`` files older than
         :data:`COMPACT_MIN_AGE_S` are smaller than :data:`COMPACT_TARGET_BYTES`, they become
         one file (written first; then the sources are deleted). Files writers add meanwhile
-        are not touched. Returns the number of source files merged away.
+        are not touched. Returns the number of source files merged away; a partition that
+        fails is logged and skipped, and its error raised once the others are done.
 
         One process compacts at a time (the watcher); writers may run concurrently.
         """
         merged = 0
+        failure: Exception | None = None
         for dataset in (PREDICTIONS, LABELS):
             by_folder: dict[str, list[_File]] = defaultdict(list)
             for info in self._list(dataset):
@@ -426,7 +428,13 @@ class LogStore:
                     _File(info.path, info.size or 0, written)
                 )
             for folder, files in sorted(by_folder.items()):
-                merged += self._compact_folder(dataset, folder, files, now, min_files)
+                try:
+                    merged += self._compact_folder(dataset, folder, files, now, min_files)
+                except Exception as exc:  # one bad partition must not stop the others
+                    logger.error("inference log: compacting %s failed: %r", folder, exc)
+                    failure = failure or exc
+        if failure is not None:
+            raise failure
         return merged
 
     def _drop_stale_tmp(self, info: pafs.FileInfo, now: float) -> None:

@@ -427,3 +427,17 @@ def test_retention_deletes_whole_old_date_partitions(tmp_path: Path) -> None:
 def test_retention_on_an_empty_root_does_nothing(tmp_path: Path) -> None:
     assert LogStore(str(tmp_path / "none")).retain(NOON, 30) == 0
     assert LogStore(str(tmp_path / "none")).compact(NOON, 2) == 0
+
+
+def test_a_partition_that_cannot_be_compacted_does_not_stop_the_others(tmp_path: Path) -> None:
+    store = LogStore(str(tmp_path))
+    _many_files(store, 3)
+    for i in range(3):
+        store.write_predictions([record(f"w{i}", model="wine")], "gw-a")
+    bad = next((tmp_path / "predictions" / "model=iris").iterdir()) / "gw-z-1-0.parquet"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(pa.ArrowInvalid):
+        store.compact(later(), min_files=3)
+    wine = list((tmp_path / "predictions" / "model=wine").rglob("*.parquet"))
+    assert len(wine) == 1 and wine[0].name.startswith("compact-")
+    assert len(list((tmp_path / "predictions" / "model=iris").rglob("*.parquet"))) == 4
