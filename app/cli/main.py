@@ -48,6 +48,7 @@ from app.cli.follow import (
     judge_shadow,
     rollout_text,
 )
+from app.cli.log import log_cli
 from app.cli.render import event_line, events_table, model_view
 from app.control.rollout import RolloutPolicy
 
@@ -73,6 +74,7 @@ rollout_cli = typer.Typer(
     help="Pause, resume or abort the rollout in progress.", no_args_is_help=True
 )
 cli.add_typer(rollout_cli, name="rollout")
+cli.add_typer(log_cli, name="log")
 
 # Sentences are not wrapped (logs and pipes keep whole lines); tables fit the terminal.
 out = Console(highlight=False)

@@ -340,6 +340,10 @@ class LogStore:
 
     # -- reading ---------------------------------------------------------------------------
 
+    def exists(self) -> bool:
+        """Whether anything is at the root yet (a gateway writes it at its first flush)."""
+        return bool(self._fs.get_file_info(self._root).type != pafs.FileType.NotFound)
+
     def connect(
         self, models: Iterable[str] | None = None, since: float | None = None
     ) -> duckdb.DuckDBPyConnection:
