@@ -71,6 +71,14 @@ class WatcherControl:
     async def drift(self, name: str) -> dict[str, Any]:
         return await self._watcher.drift.remote(name)
 
+    async def quality(self, name: str) -> dict[str, Any]:
+        return await self._watcher.quality.remote(name)
+
+    async def feedback(
+        self, name: str, entries: list[tuple[str, str]], key: str | None
+    ) -> dict[str, Any]:
+        return await self._watcher.feedback.remote(name, entries, key)
+
 
 @serve.deployment(
     name=constants.GATEWAY_DEPLOYMENT,

@@ -163,7 +163,7 @@ class QualityLoop:
         """Each arm's labelled predictions made since ``since``; None if they cannot be
         read now (the gate then decides nothing this tick)."""
         if self._ctx.quality is None:
-            return QualityFigures(metric=metric)  # type: ignore[arg-type]
+            return QualityFigures(metric=metric)
         try:
             scores = await self._ctx.quality.scores_since(name, metric, since)
         except Exception as exc:
@@ -171,7 +171,7 @@ class QualityLoop:
                                         then="the gate waits for the next tick")  # fmt: skip
             return None
         return QualityFigures(
-            metric=metric,  # type: ignore[arg-type]
+            metric=metric,
             champion=scores.get(champion, Scores()),
             challenger=scores.get(challenger, Scores()),
         )

@@ -315,6 +315,18 @@ class World:
             sim.challenger, sim.weight = None, 0.0
         return self._status(sim)
 
+    async def quality(self, name: str) -> dict[str, Any]:
+        if self._sim(name) is None:
+            return self._unknown(name)
+        return {"model": name, "metric": None, "current": [], "history": []}
+
+    async def feedback(
+        self, name: str, entries: list[tuple[str, str]], key: str | None
+    ) -> dict[str, Any]:
+        if self._sim(name) is None:
+            return self._unknown(name)
+        return {"accepted": len(entries), "duplicates": 0, "unknown": 0}
+
     async def drift(self, name: str) -> dict[str, Any]:
         if self._sim(name) is None:
             return self._unknown(name)

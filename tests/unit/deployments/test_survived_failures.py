@@ -99,6 +99,7 @@ def gw(monkeypatch: pytest.MonkeyPatch) -> Any:
     instance._replica = "r1"
     instance._limiter = FakeLimiter()
     instance._exported = {}
+    instance._log = None
     instance.dataplane = DataPlane(Backends(), make_table(epoch=1))
     return instance
 
