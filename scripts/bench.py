@@ -690,7 +690,7 @@ def _log_figures(log_dir: Path) -> dict[str, Any]:
         return {"records": 0, "files": 0}
     (records,) = duckdb.sql(
         f"select count(*) from read_parquet('{log_dir}/predictions/**/*.parquet')"
-    ).fetchone() or (0,)
+    ).fetchall()[0]
     return {"records": int(records), "files": len(files)}
 
 

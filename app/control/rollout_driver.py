@@ -67,6 +67,12 @@ class RolloutDriver:
         memory.rollouts[name] = rollout
         state.weight = rollout.weight(policy)
         verb = "resumed" if resumed else "started"
+        if policy.gates.quality is not None and self._ctx.quality is None:
+            memory.events.add(
+                ev.FAILURE, name, version,
+                "the rollout has a quality gate but no inference log is configured "
+                "(inference_log.uri): with no labels it rolls back after max_label_wait_s",
+            )  # fmt: skip
         memory.events.add(
             ev.ROLLOUT, name, version,
             f"rollout {verb} at step {step}: weight {state.weight:g}% (steps {policy.steps})",

@@ -110,8 +110,8 @@ def log_records(log_dir: Path, prefix: str) -> int:
     row = duckdb.sql(
         f"select count(distinct request_id) from read_parquet('{log_dir}/predictions/**/*.parquet',"
         f" hive_partitioning = true) where request_id like '{prefix}-%'"
-    ).fetchone()
-    return int(row[0]) if row else 0
+    ).fetchall()
+    return int(row[0][0]) if row else 0
 
 
 @pytest.fixture()
@@ -329,8 +329,8 @@ def test_log_keeps_up_at_demo_load_with_the_demo_traffic_script(
             f"select count(*) from read_parquet('{inference_log_dir}/predictions/**/*.parquet',"
             f" hive_partitioning = true) where model = 'iris' and epoch(ts) between "
             f"{started} and {ended}"
-        ).fetchone()
-        return int(row[0]) if row else 0
+        ).fetchall()
+        return int(row[0][0]) if row else 0
 
     wait_for(lambda: logged() == answered, 30, f"{answered} iris records in the log")
     metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text

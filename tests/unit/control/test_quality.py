@@ -133,3 +133,13 @@ async def test_a_gateway_gone_without_flushing_has_its_buffered_records_counted_
     stack.parts.quality.count_lost_records(now + 60)  # counted once; the live one is not
     assert stack.metrics.of("log_lost") == [(7,)]
     assert [e for e in stack.events() if "7 records lost" in e]
+
+
+@async_test
+async def test_a_quality_gate_without_an_inference_log_says_so_when_the_rollout_starts() -> None:
+    stack = make_stack({"iris": {"rollout": QUALITY_POLICY}})
+    stack.registry.register("iris", "1", "2")
+    stack.registry.alias("iris", "champion", "1")
+    stack.registry.alias("iris", "challenger", "2")
+    await stack.reconcile()
+    assert [e for e in stack.events() if "no inference log is configured" in e]
