@@ -71,9 +71,16 @@ class RegistryWatcher:
                 self._parts.memory.note_error("GPU gauges", exc, then="set again next interval")
 
     async def check_health(self) -> None:
-        for name, task in (("reconcile", self._loop_task), ("quality", self._quality_task)):
-            if task.done():
-                raise RuntimeError(f"{name} loop ended: {task.exception()!r}")
+        if self._loop_task.done():
+            raise RuntimeError(f"reconcile loop ended: {self._loop_task.exception()!r}")
+        # The quality loop returns at once where no inference log is configured: only a
+        # loop that raised is unhealthy.
+        quality = self._quality_task
+        if quality.done():
+            if quality.cancelled():
+                raise RuntimeError("quality loop cancelled")
+            if quality.exception() is not None:
+                raise RuntimeError(f"quality loop ended: {quality.exception()!r}")
 
     # -- what gateways call ----------------------------------------------------------------
 

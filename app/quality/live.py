@@ -161,6 +161,12 @@ def _figure(task: QualityTask | None, row: dict[str, Any] | None) -> dict[str, A
     }
 
 
+#: After labels arrive, a model's figures are computed at every refresh for this long.
+_RECOMPUTE_AFTER_LABELS_S = 60.0
+#: Otherwise at most this often (predictions that join late labels, retention).
+_RECOMPUTE_S = 60.0
+
+
 class QualityMonitor:
     """Labels in, live figures per (model, version) out. Call it from one event loop."""
 
@@ -184,6 +190,10 @@ class QualityMonitor:
         self._history: dict[str, deque[dict[str, Any]]] = {}
         #: (model, version) -> (joined labels at the last refresh, monotonic total)
         self._totals: dict[tuple[str, str], tuple[int, int]] = {}
+        #: model -> (when its figures were last computed, the rows computed then)
+        self._computed: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
+        #: model -> until when its figures are computed at every refresh (labels came in)
+        self._fresh_until: dict[str, float] = {}
         self._counts = dict.fromkeys(
             (
                 "labels_accepted",
@@ -267,6 +277,7 @@ class QualityMonitor:
                 await asyncio.to_thread(self._store.write_labels, model, rows, self._writer)
                 for request_id in ids:
                     seen[request_id] = now
+                self._fresh_until[model] = now + _RECOMPUTE_AFTER_LABELS_S
         self._counts["labels_accepted"] += len(fresh)
         self._counts["labels_duplicate"] += duplicates
         self._counts["labels_unknown"] += unknown
@@ -298,8 +309,7 @@ class QualityMonitor:
         for model, versions in roles.items():
             setting = self._tasks(model)
             try:
-                async with self._serial():
-                    rows = await asyncio.to_thread(self._compute, model)
+                rows = await self._rows(model)
             except Exception as exc:
                 logger.warning("quality: live figures of %s failed: %r", model, exc)
                 errors[model] = exc
@@ -309,6 +319,21 @@ class QualityMonitor:
         if errors:
             self._counts["refresh_failures"] += 1
             raise RefreshFailed(errors)
+
+    async def _rows(self, model: str) -> dict[str, dict[str, Any]]:
+        """The model's figures by version, computed again only where they may have changed:
+        a model that received labels in the last ``_RECOMPUTE_AFTER_LABELS_S`` at every
+        refresh (their predictions may still be on their way), any other once every
+        ``_RECOMPUTE_S`` (late predictions, labels written by other tools, retention). Each
+        computation scans every prediction of the model within max_delay_s."""
+        now = self._clock()
+        computed_at, rows = self._computed.get(model, (None, {}))
+        stale = computed_at is None or now - computed_at >= _RECOMPUTE_S
+        if stale or now < self._fresh_until.get(model, 0.0):
+            async with self._serial():
+                rows = await asyncio.to_thread(self._compute, model)
+            self._computed[model] = (now, rows)
+        return rows
 
     def _compute(self, model: str) -> dict[str, dict[str, Any]]:
         table = self._store.sql(

@@ -517,3 +517,35 @@ def test_labelled_ids_older_than_the_delay_are_forgotten(tmp_path: Path) -> None
         assert (await mon.accept("iris", [("a", "1")], None))["accepted"] == 1
 
     run(body)
+
+
+def test_figures_are_computed_again_only_when_they_may_have_changed(tmp_path: Path) -> None:
+    async def body() -> None:
+        clock = Clock()
+        store, mon = monitor(tmp_path, clock)
+        await mon.load()
+        computed: list[str] = []
+        compute = mon._compute
+
+        def counting(model: str) -> dict[str, dict[str, Any]]:
+            computed.append(model)
+            return compute(model)
+
+        mon._compute = counting  # type: ignore[method-assign]
+        predict(store, [("a", "1", 1), ("b", "1", 1)])
+        await mon.refresh(ROLES)  # first: computed
+        clock.now += 120
+        await mon.refresh(ROLES)  # a minute on, nothing new: computed again (once a minute)
+        await mon.refresh(ROLES)  # at once, nothing new: the figures computed before
+        assert len(computed) == 2
+        await mon.accept("iris", [("a", "1")], None)
+        await mon.refresh(ROLES)  # labels came in: computed at every refresh for a while
+        await mon.refresh(ROLES)
+        assert len(computed) == 4
+        assert by_version(mon)["1"]["labels"] == 1
+        clock.now += 61
+        await mon.refresh(ROLES)
+        await mon.refresh(ROLES)
+        assert len(computed) == 5
+
+    run(body)
