@@ -17,7 +17,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.quality.compare import ComparisonStats
 from app.quality.sequential import (
@@ -138,6 +138,15 @@ class RolloutPolicy(BaseModel):
         if any(b <= a for a, b in itertools.pairwise(steps)):
             raise ValueError("steps must increase")
         return steps
+
+    @model_validator(mode="after")
+    def _quality_needs_both_arms(self) -> RolloutPolicy:
+        if self.gates.quality is not None and self.steps[0] >= 100:
+            raise ValueError(
+                "a quality gate compares champion and challenger on labels of the same "
+                "period: the first step must leave the champion traffic (a weight below 100)"
+            )
+        return self
 
 
 class GateResult(BaseModel):
@@ -416,7 +425,8 @@ def evaluate(
       the rollout started; it may fail even while the step waits for requests).
     - A step passes once it has ``min_requests`` challenger requests, its gates pass and
       ``step_interval_s`` has elapsed, and, with a quality gate: at an intermediate step,
-      both arms have ``min_labels`` and quality has not failed; at the last step, the
+      both arms have ``min_labels`` and quality has not failed; at the last step, and at
+      the step before one of 100 % (after which the champion gets no more labels), the
       promotion rule holds (see :func:`check_quality`).
     - The stated rule on waiting for labels: a step whose interval has elapsed but whose
       quality condition does not hold yet waits; once it has waited more than
@@ -455,9 +465,14 @@ def evaluate(
         return Decision("wait", f"step {rollout.step}: gates pass so far", gates)
     last = rollout.step >= len(policy.steps) - 1
     if gate is not None and judged is not None:
-        ready = judged.verdict == "shown" if last else judged.verdict in ("undecided", "shown")
+        # At 100 % the champion answers nothing more, so its labels stop growing: the
+        # promotion rule must hold before the challenger takes all the traffic.
+        shown_needed = last or policy.steps[rollout.step + 1] >= 100
+        ready = (
+            judged.verdict == "shown" if shown_needed else judged.verdict in ("undecided", "shown")
+        )
         if not ready:
-            needs = "the promotion rule" if last else f"{gate.min_labels} labels per arm"
+            needs = "the promotion rule" if shown_needed else f"{gate.min_labels} labels per arm"
             if now - due > gate.max_label_wait_s:
                 failed = judged.result.model_copy(
                     update={

@@ -62,6 +62,11 @@ class RolloutDriver:
             memory.agreement_total(name, version),
             step=step,
         )
+        started_at = saved.get("started_at")
+        if resumed and isinstance(started_at, int | float) and started_at <= rollout.started_at:
+            # Labels are judged since the rollout began, not since this resume: a rollout
+            # resumed at 100 % would otherwise never see a champion label again.
+            rollout = rollout.model_copy(update={"started_at": float(started_at)})
         if saved.get("status") == rollout_mod.PAUSED:
             rollout = rollout.model_copy(update={"status": rollout_mod.PAUSED})
         memory.rollouts[name] = rollout
@@ -237,7 +242,12 @@ class RolloutDriver:
         weight = rollout.weight(policy) if policy else memory.states[name].weight
         if rollout.status == rollout_mod.PAUSED:
             weight = memory.states[name].weight
-        saved = {"status": rollout.status, "step": rollout.step, "weight": weight}
+        saved = {
+            "status": rollout.status,
+            "step": rollout.step,
+            "weight": weight,
+            "started_at": rollout.started_at,
+        }
         running = rollout.status in _IN_PROGRESS
         memory.metrics.rollout_step(name, rollout.version, rollout.step if running else -1)
         await self._ctx.outbox.tag_version(

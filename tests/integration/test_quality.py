@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import json
 import subprocess
 import sys
 import threading
@@ -230,7 +231,7 @@ def test_better_challenger_that_disagrees_is_promoted_on_quality(
             "the rollout of v2 to end",
         )
     rollout = _rollout(client, "graded")
-    assert rollout["status"] == "promoted", rollout
+    assert rollout["status"] == "promoted", json.dumps(rollout, indent=1)
     gates = {g["name"]: g for g in rollout["gates"]}
     assert gates["quality"]["passed"], gates
     assert "agreement" not in gates  # judged on labels, not on agreement
@@ -260,7 +261,7 @@ def test_worse_challenger_is_rolled_back_on_quality(
             "the rollout of v1 to end",
         )
     rollout = _rollout(client, "graded")
-    assert rollout["status"] == "rolled_back", rollout
+    assert rollout["status"] == "rolled_back", json.dumps(rollout, indent=1)
     assert "quality" in rollout["reason"], rollout
     tags = MlflowClient(registry).get_model_version("graded", "1").tags
     failed = tags["modellane.failed_gate"]

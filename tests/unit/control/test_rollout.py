@@ -850,16 +850,10 @@ def test_the_last_step_promotes_only_on_the_promotion_rule(
         assert "waiting for the promotion rule" in d.reason
 
 
-def test_blue_green_with_a_quality_gate_promotes_once_shown() -> None:
-    p = policy(steps=[100], step_interval_s=30, gates={"quality": {"require": "better"}})
-    r = start("3", T0, arm(1000), ArmStats(), ComparisonStats())
-    champion, challenger = r.champion_at_step, arm(100)
-    assert evaluate(r, p, champion, challenger, ComparisonStats(), T0 + 40, UNDECIDED).action == (
-        "wait"
-    )
-    assert evaluate(r, p, champion, challenger, ComparisonStats(), T0 + 40, BETTER).action == (
-        "promote"
-    )
+def test_blue_green_with_a_quality_gate_is_refused() -> None:
+    """At [100] the champion gets no traffic during the rollout: no labels to compare."""
+    with pytest.raises(ValueError, match="first step must leave the champion traffic"):
+        policy(steps=[100], step_interval_s=30, gates={"quality": {"require": "better"}})
 
 
 @pytest.mark.parametrize(
@@ -939,3 +933,22 @@ def test_a_rollout_with_labels_walks_to_promotion_and_a_worse_one_is_rolled_back
     # 0.90; at 50 % the labels show it within the second step.
     assert bad.step == 1
     assert when - T0 < 30 * 2
+
+
+def test_the_step_before_100_percent_waits_for_the_promotion_rule() -> None:
+    """After it the champion answers nothing more: its labels would never grow again."""
+    p = policy(steps=[10, 50, 100], step_interval_s=30, gates={"quality": {}})
+    r = start("3", T0, arm(1000), ArmStats(), ComparisonStats())
+    champion, challenger = r.champion_at_step, arm(100)
+    # step 0 (10 %, next 50 %): undecided is enough to go on
+    assert evaluate(r, p, champion, challenger, ComparisonStats(), T0 + 40, UNDECIDED).action == (
+        "advance"
+    )
+    r = r.model_copy(update={"step": 1})
+    # step 1 (50 %, next 100 %): only shown non-inferior goes on
+    assert evaluate(r, p, champion, challenger, ComparisonStats(), T0 + 40, UNDECIDED).action == (
+        "wait"
+    )
+    assert evaluate(
+        r, p, champion, challenger, ComparisonStats(), T0 + 40, NON_INFERIOR
+    ).action == ("advance")

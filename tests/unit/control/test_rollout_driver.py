@@ -191,9 +191,29 @@ async def test_pause_resume_and_a_weight_set_by_hand_are_saved_in_the_registry()
     stack = await _with_challenger()
     await stack.parts.rollouts.set_weight("iris", 7)
     saved = json.loads(stack.registry.tags("iris", "2")[constants.TAG_ROLLOUT])
-    assert saved == {"status": "paused", "step": 0, "weight": 7}
+    assert saved == {
+        "status": "paused", "step": 0, "weight": 7,
+        "started_at": stack.parts.memory.rollouts["iris"].started_at,
+    }  # fmt: skip
     await stack.parts.rollouts.act("iris", "resume")
     assert stack.parts.publisher.table.models["iris"].challenger_weight == 50
     assert json.loads(stack.registry.tags("iris", "2")[constants.TAG_ROLLOUT])["status"] == (
         "running"
     )
+
+
+@async_test
+async def test_a_rollout_resumed_by_a_new_watcher_keeps_when_it_started() -> None:
+    """Labels are judged since the rollout began: a watcher that takes over at the last
+    step (100 %, no champion traffic) must not start counting champion labels anew."""
+    from app.control.plane import build
+
+    stack = await _rolling_out()  # at the last step
+    started = stack.parts.memory.rollouts["iris"].started_at
+    stack.clock.advance(100)
+    parts = build(stack.parts.memory.args, stack.serve, stack.registry, stack.clock, stack.metrics)
+    for _ in range(3):
+        await parts.reconciler.run_pass()
+    resumed = parts.memory.rollouts["iris"]
+    assert (resumed.step, resumed.started_at) == (1, started)
+    assert resumed.step_started_at == stack.clock.time()
