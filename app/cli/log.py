@@ -7,21 +7,19 @@ gateway: views ``predictions`` and ``labels`` as in docs/inference-log.md.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import sys
-from collections.abc import Callable
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 import duckdb
 import pyarrow as pa
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from app import constants
 from app.cli.client import EXIT_FAILED, EXIT_USAGE, CliError
+from app.cli.common import err, out, reports_errors
 from app.quality.logstore import LogStore
 
 __all__ = ["log_cli"]
@@ -34,11 +32,6 @@ log_cli = typer.Typer(
     no_args_is_help=True,
 )
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 Uri = Annotated[
     str | None,
@@ -64,22 +57,6 @@ WHERE p.model = $model
 ORDER BY p.ts DESC, p.request_id DESC
 LIMIT $n
 """
-
-
-def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Print a :class:`CliError` (with its hint) on stderr and exit with its code."""
-
-    @functools.wraps(command)
-    def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return command(*args, **kwargs)
-        except CliError as exc:
-            err.print(Text(f"error: {exc.message}", style="red"))
-            if exc.hint:
-                err.print(Text(f"hint: {exc.hint}"))
-            raise typer.Exit(exc.exit_code) from None
-
-    return run
 
 
 def _store(uri: str | None) -> LogStore:
@@ -154,7 +131,7 @@ def _print_table(table: pa.Table, title: str | None = None) -> None:
 
 
 @log_cli.command("sql")
-@_reports_errors
+@reports_errors
 def sql(
     query: Annotated[
         str,
@@ -179,7 +156,7 @@ def sql(
 
 
 @log_cli.command("tail")
-@_reports_errors
+@reports_errors
 def tail(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
     n: Annotated[

@@ -7,18 +7,13 @@ live until it happened or failed. Exit codes are documented in ``modellane --hel
 
 from __future__ import annotations
 
-import functools
-import json
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.text import Text
 
 from app import constants
@@ -27,16 +22,28 @@ from app.cli.client import (
     ENV_API_KEY,
     ENV_GATEWAY,
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_REFUSED,
     EXIT_TIMEOUT,
-    EXIT_UNREACHABLE,
     EXIT_USAGE,
     CliError,
     Gateway,
     Registry,
     resolve_key,
+)
+from app.cli.common import (
+    Interval,
+    JsonFlag,
+    Model,
+    NoWait,
+    Progress,
+    Settings,
+    Timeout,
+    Version,
+    err,
+    out,
+    print_json,
+    reports_errors,
+    settings_of,
 )
 from app.cli.follow import (
     Judge,
@@ -49,7 +56,8 @@ from app.cli.follow import (
     rollout_text,
 )
 from app.cli.log import log_cli
-from app.cli.render import event_line, events_table, model_view
+from app.cli.register_command import register
+from app.cli.views import events, status
 from app.control.rollout import RolloutPolicy
 
 EXIT_CODES = (
@@ -75,52 +83,9 @@ rollout_cli = typer.Typer(
 )
 cli.add_typer(rollout_cli, name="rollout")
 cli.add_typer(log_cli, name="log")
-
-# Sentences are not wrapped (logs and pipes keep whole lines); tables fit the terminal.
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The global options, for every command."""
-
-    gateway: str
-    key: str | None
-    tracking_uri: str
-
-    def gateway_client(self) -> Gateway:
-        return Gateway(self.gateway, self.key)
-
-    def registry(self) -> Registry:
-        return Registry(self.tracking_uri)
-
-
-def _check_version(value: str) -> str:
-    if not value.isdigit() or int(value) < 1:
-        raise typer.BadParameter(f"{value!r} is no model version: versions are numbers, e.g. 3")
-    return value
-
-
-Model = Annotated[str, typer.Argument(help="Registered model name, as the gateway serves it.")]
-Version = Annotated[
-    str, typer.Argument(help="Model version number in MLflow.", callback=_check_version)
-]
-JsonFlag = Annotated[
-    bool, typer.Option("--json", help="Print machine-readable JSON only on stdout.")
-]
-NoWait = Annotated[
-    bool, typer.Option("--no-wait", help="Return once the change is made; do not follow it.")
-]
-Timeout = Annotated[
-    float, typer.Option("--timeout", min=0, help="Seconds to follow the change before exit 3.")
-]
-Interval = Annotated[
-    float, typer.Option("--interval", min=0.05, hidden=True, help="Seconds between polls.")
-]
+# In the order `modellane --help` lists them.
+cli.command()(status)
+cli.command()(events)
 
 
 @cli.callback()
@@ -150,61 +115,6 @@ def _options(
     ctx.obj = Settings(gateway=gateway, key=resolve_key(key), tracking_uri=tracking_uri)
 
 
-def _settings(ctx: typer.Context) -> Settings:
-    settings = ctx.find_root().obj
-    assert isinstance(settings, Settings)
-    return settings
-
-
-def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Print a :class:`CliError` to stderr, with what to do, and exit with its code."""
-
-    @functools.wraps(command)
-    def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return command(*args, **kwargs)
-        except CliError as exc:
-            err.print(Text(f"error: {exc.message}", style="red"))
-            if exc.hint:
-                err.print(Text(f"hint: {exc.hint}"))
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("interrupted: a change already made goes on (see: modellane status)")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-
-    return run
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    sys.stdout.flush()
-
-
-class _Progress:
-    """A live status line on stderr (a spinner in a terminal, plain lines elsewhere)."""
-
-    def __init__(self, what: str) -> None:
-        self._status = err.status(what) if err.is_terminal else None
-        if self._status is None:
-            err.print(what)
-
-    def __enter__(self) -> _Progress:
-        if self._status is not None:
-            self._status.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._status is not None:
-            self._status.stop()
-
-    def update(self, line: str) -> None:
-        stamped = f"{time.strftime('%H:%M:%S')} {line}"
-        if self._status is not None:
-            self._status.update(stamped)
-        else:
-            err.print(stamped)
-
-
 def _follow(
     gateway: Gateway,
     model: str,
@@ -215,7 +125,7 @@ def _follow(
     interval_s: float,
     tags: Callable[[], dict[str, str]] | None = None,
 ) -> Outcome:
-    with _Progress(what) as progress:
+    with Progress(what) as progress:
         return follow(
             gateway,
             model,
@@ -237,7 +147,7 @@ _WHAT_NEXT = {
 def _finish(model: str, outcome: Outcome, json_out: bool, **extra: Any) -> NoReturn:
     """Report how a change ended and exit with its code."""
     if json_out:
-        _print_json(
+        print_json(
             {
                 "model": model,
                 **extra,
@@ -297,112 +207,7 @@ def _not_the_champion(before: dict[str, Any], model: str, version: str, role: st
 
 
 @cli.command()
-@_reports_errors
-def status(
-    ctx: typer.Context,
-    model: Annotated[
-        str | None, typer.Argument(help="One model; default: every served model.")
-    ] = None,
-    json_out: JsonFlag = False,
-) -> None:
-    """Show each model: versions, roles, traffic, rollout, health, comparison, drift.
-
-    The rollout shows its step and gate figures; the comparison is the shadow's (and the
-    challenger's) answers against the champion's.
-    """
-    gateway = _settings(ctx).gateway_client()
-    names = [model] if model else [m["name"] for m in gateway.models()]
-    views = []
-    for name in names:
-        found = gateway.status(name)
-        drift: dict[str, Any] | None
-        try:
-            drift = gateway.drift(name)
-        except CliError as exc:
-            if exc.exit_code not in (EXIT_REFUSED, EXIT_UNREACHABLE):
-                raise
-            drift = None  # drift is a side view: its absence must not hide the status
-        views.append({**found, "drift": drift})
-    if json_out:
-        _print_json({"models": views})
-        return
-    if not views:
-        out.print("the gateway serves no models")
-    for view in views:
-        out.print(model_view(view, view["drift"]))
-
-
-@cli.command()
-@_reports_errors
-def events(
-    ctx: typer.Context,
-    model: Annotated[str | None, typer.Argument(help="Only this model's events.")] = None,
-    follow_: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing new events (Ctrl-C stops).")
-    ] = False,
-    since: Annotated[int, typer.Option("--since", min=0, help="Only events after this seq.")] = 0,
-    limit: Annotated[
-        int, typer.Option("--limit", min=1, max=2000, help="At most this many (the newest).")
-    ] = 50,
-    max_s: Annotated[
-        float | None,
-        typer.Option("--max-s", min=0, help="With --follow: stop after this many seconds."),
-    ] = None,
-    json_out: Annotated[
-        bool,
-        typer.Option(
-            "--json", help="JSON only on stdout: a list; with --follow, one event per line."
-        ),
-    ] = False,
-    interval: Interval = 1.0,
-) -> None:
-    """Show the event trail: deploys, switches, rollbacks, rollouts, failures, drift."""
-    gateway = _settings(ctx).gateway_client()
-    found = gateway.events(model, since=since, limit=limit)
-    if not follow_:
-        if json_out:
-            _print_json(found)
-        elif found:
-            out.print(events_table(found))
-        else:
-            out.print("no events")
-        return
-    last = int(found[-1]["seq"]) if found else since
-
-    def show(batch: list[dict[str, Any]]) -> None:
-        for event in batch:
-            if json_out:
-                sys.stdout.write(json.dumps(event) + "\n")
-            else:
-                out.print(event_line(event), soft_wrap=True)
-        sys.stdout.flush()
-
-    show(found)
-    started = time.monotonic()
-    errors = 0
-    try:
-        while max_s is None or time.monotonic() - started < max_s:
-            time.sleep(interval if max_s is None else max(0.0, min(interval, max_s)))
-            try:
-                batch = gateway.events(model, since=last, limit=2000)
-                errors = 0
-            except CliError as exc:
-                errors += 1
-                if exc.exit_code != EXIT_UNREACHABLE or errors >= 5:
-                    raise
-                continue
-            if batch:
-                last = int(batch[-1]["seq"])
-                show(batch)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how one stops following: a clean exit
-
-
-# -- changes through MLflow --------------------------------------------------------------------
-
-
-@cli.command()
-@_reports_errors
+@reports_errors
 def promote(
     ctx: typer.Context,
     model: Model,
@@ -416,7 +221,7 @@ def promote(
 
     Exits 0 once it serves, 1 if it fails to load (what served keeps serving).
     """
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     gateway, registry = settings.gateway_client(), settings.registry()
     before = gateway.status(model)  # an unknown model or a bad key fail before any change
     registry.check_reachable()
@@ -454,7 +259,7 @@ def _read_policy(value: str) -> RolloutPolicy:
 
 
 @cli.command()
-@_reports_errors
+@reports_errors
 def canary(
     ctx: typer.Context,
     model: Model,
@@ -478,7 +283,7 @@ def canary(
     the challenger is routable (then set its weight with: modellane traffic).
     """
     own_policy = _read_policy(policy) if policy is not None else None
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     gateway, registry = settings.gateway_client(), settings.registry()
     before = gateway.status(model)
     _not_the_champion(before, model, version, constants.ROLE_CHALLENGER)
@@ -501,7 +306,7 @@ def canary(
 
 
 @cli.command()
-@_reports_errors
+@reports_errors
 def shadow(
     ctx: typer.Context,
     model: Model,
@@ -525,7 +330,7 @@ def shadow(
 
     Its answers are compared with the champion's, never returned: see modellane status.
     """
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     gateway, registry = settings.gateway_client(), settings.registry()
     before = gateway.status(model)
     _not_the_champion(before, model, version, constants.ROLE_SHADOW)
@@ -545,7 +350,7 @@ def shadow(
 
 
 @cli.command()
-@_reports_errors
+@reports_errors
 def traffic(
     ctx: typer.Context,
     model: Model,
@@ -558,7 +363,7 @@ def traffic(
     json_out: JsonFlag = False,
 ) -> None:
     """Set the challenger's weight by hand (it pauses a rollout in progress)."""
-    found = _settings(ctx).gateway_client().set_traffic(model, challenger)
+    found = settings_of(ctx).gateway_client().set_traffic(model, challenger)
     version = (found.get("challenger") or {}).get("version")
     message = f"challenger v{version} of {model} gets {challenger:g}% of requests"
     rollout = found.get("rollout") or {}
@@ -568,7 +373,7 @@ def traffic(
 
 
 @cli.command()
-@_reports_errors
+@reports_errors
 def rollback(
     ctx: typer.Context,
     model: Model,
@@ -578,7 +383,7 @@ def rollback(
     interval: Interval = 1.0,
 ) -> None:
     """Move alias champion back to the previous champion and show the switch."""
-    gateway = _settings(ctx).gateway_client()
+    gateway = settings_of(ctx).gateway_client()
     since = gateway.last_seq(model)
     result = gateway.rollback(model)
     old, new = result.get("from_version"), result["to_version"]
@@ -606,115 +411,34 @@ def rollback(
 
 
 def _rollout_action(ctx: typer.Context, model: str, action: str, json_out: bool) -> None:
-    found = _settings(ctx).gateway_client().rollout_action(model, action)
+    found = settings_of(ctx).gateway_client().rollout_action(model, action)
     rollout = found.get("rollout")
     message = f"{model}: rollout {action}d" + (f"; {rollout_text(rollout)}" if rollout else "")
     _finish(model, Outcome(EXIT_OK, message, found), json_out, action=action)
 
 
 @rollout_cli.command("pause")
-@_reports_errors
+@reports_errors
 def rollout_pause(ctx: typer.Context, model: Model, json_out: JsonFlag = False) -> None:
     """Hold the rollout at its current step and weight."""
     _rollout_action(ctx, model, "pause", json_out)
 
 
 @rollout_cli.command("resume")
-@_reports_errors
+@reports_errors
 def rollout_resume(ctx: typer.Context, model: Model, json_out: JsonFlag = False) -> None:
     """Go on with a paused rollout from its current step."""
     _rollout_action(ctx, model, "resume", json_out)
 
 
 @rollout_cli.command("abort")
-@_reports_errors
+@reports_errors
 def rollout_abort(ctx: typer.Context, model: Model, json_out: JsonFlag = False) -> None:
     """Stop the rollout: the challenger's weight drops to 0 and it loses its role."""
     _rollout_action(ctx, model, "abort", json_out)
 
 
-# -- registration ------------------------------------------------------------------------------
-
-
-def _type_text(spec: dict[str, Any]) -> str:
-    tensor = spec.get("tensor-spec")
-    if spec.get("type") == "tensor" and isinstance(tensor, dict):
-        return f"{tensor.get('dtype')} tensor {tensor.get('shape')}"
-    return str(spec.get("type"))
-
-
-def _signature_text(signature: dict[str, Any] | None) -> str:
-    if not signature:
-        return "no signature"
-
-    def side(raw: Any) -> str:
-        try:
-            specs = json.loads(raw) if isinstance(raw, str) else raw
-        except ValueError:
-            return "?"
-        if not specs:
-            return "-"
-        return ", ".join(f"{s.get('name') or 'value'}: {_type_text(s)}" for s in specs)
-
-    return f"{side(signature.get('inputs'))} -> {side(signature.get('outputs'))}"
-
-
-@cli.command()
-@_reports_errors
-def register(
-    ctx: typer.Context,
-    path: Annotated[
-        Path,
-        typer.Argument(
-            help="A scikit-learn .pkl/.joblib file (unpickled: only files you trust), or a "
-            "sentence-transformers, transformers or MLflow model directory.",
-        ),
-    ],
-    name: Annotated[str, typer.Option("--name", help="Registered model name.")],
-    alias: Annotated[
-        str | None, typer.Option("--alias", help="Give the new version this alias.")
-    ] = None,
-    sample: Annotated[
-        Path | None,
-        typer.Option(
-            "--sample",
-            help="Sample inputs: CSV or JSON records (tabular), a text file of lines or a "
-            "JSON list of strings (text). They give the signature and the input example.",
-        ),
-    ] = None,
-    task: Annotated[
-        str, typer.Option("--task", help="Pipeline task of a transformers directory.")
-    ] = "text-classification",
-    experiment: Annotated[
-        str, typer.Option("--experiment", help="MLflow experiment of the logging run.")
-    ] = "modellane-cli",
-    json_out: JsonFlag = False,
-) -> None:
-    """Log a local model into the MLflow registry as a new version; print it.
-
-    The signature and the input example come from the sample file.
-    """
-    from app.cli import register as cli_register
-
-    if sample is not None and not sample.is_file():
-        raise CliError(f"the sample {sample} is not a file", EXIT_USAGE)
-    plan = cli_register.prepare(path, sample)  # local checks first: nothing logged in vain
-    settings = _settings(ctx)
-    settings.registry().check_reachable()
-    with _Progress(f"registering {path} ({plan.flavor}) as {name}"):
-        made = cli_register.register(
-            plan, name, settings.tracking_uri, alias=alias, task=task, experiment=experiment
-        )
-    if json_out:
-        _print_json(made.as_dict())
-        return
-    out.print(
-        Text(f"registered {made.name} v{made.version} ({made.flavor})", style="green")
-        + Text(f" with alias {made.alias}" if made.alias else "")
-    )
-    out.print(f"signature: {_signature_text(made.signature)}", soft_wrap=True)
-    if made.baseline:
-        out.print("drift baseline: logged from the sample")
+cli.command()(register)
 
 
 def main() -> None:

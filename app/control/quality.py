@@ -17,7 +17,7 @@ from typing import Any
 from app import constants
 from app.control import events as ev
 from app.control.context import ControlContext
-from app.control.rollout import QualityFigures
+from app.control.gates import QualityFigures
 from app.quality.sequential import Scores
 from app.serving.errors import ModelUnavailable
 

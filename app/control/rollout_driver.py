@@ -20,6 +20,7 @@ from app import constants
 from app.control import events as ev
 from app.control import rollout as rollout_mod
 from app.control.context import ControlContext
+from app.control.gates import GateResult
 from app.control.quality import QualityLoop
 from app.serving.errors import Conflict
 
@@ -206,7 +207,7 @@ class RolloutDriver:
         name: str,
         rollout: rollout_mod.Rollout,
         reason: str,
-        gates: list[rollout_mod.GateResult],
+        gates: list[GateResult],
         status: rollout_mod.Status = rollout_mod.ROLLED_BACK,
     ) -> None:
         memory = self._ctx.memory
@@ -329,7 +330,7 @@ class RolloutDriver:
         }
 
 
-def gate_text(gates: list[rollout_mod.GateResult]) -> str:
+def gate_text(gates: list[GateResult]) -> str:
     return ", ".join(
         f"{g.name} {'ok' if g.passed else 'FAILED'}"
         + (f" {g.value:.3g}<={g.limit:.3g}" if g.value is not None and g.limit is not None else "")

@@ -13,7 +13,8 @@ import asyncio
 import logging
 from collections import deque
 
-from app.quality.logstore import LogStore, PredictionRecord
+from app.quality.logstore import LogStore
+from app.quality.records import PredictionRecord
 
 __all__ = ["LogWriter"]
 

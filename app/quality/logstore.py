@@ -33,6 +33,22 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from app.quality.records import (
+    LABEL_SCHEMA,
+    LABELS,
+    PARTITION_SCHEMA,
+    PREDICTION_SCHEMA,
+    PREDICTIONS,
+    SCHEMAS,
+    UTC,
+    PredictionRecord,
+    date_of,
+    prediction_value,
+    to_json,
+    to_micros,
+    utc_date,
+)
+
 __all__ = [
     "COMPACT_MIN_AGE_S",
     "COMPACT_TARGET_BYTES",
@@ -45,43 +61,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("modellane.logstore")
-
-PREDICTIONS = "predictions"
-LABELS = "labels"
-
-_UTC = pa.timestamp("us", tz="UTC")
-
-#: Columns of a predictions file (``model`` and ``date`` come from the partition path).
-PREDICTION_SCHEMA = pa.schema(
-    [
-        pa.field("request_id", pa.string(), nullable=False),
-        pa.field("ts", _UTC, nullable=False),
-        pa.field("version", pa.string(), nullable=False),
-        pa.field("role", pa.string(), nullable=False),
-        pa.field("routing_key", pa.string()),
-        pa.field("inputs", pa.string()),
-        pa.field("outputs", pa.string()),
-        pa.field("prediction", pa.string()),
-        pa.field("latency_ms", pa.float64(), nullable=False),
-        pa.field("status", pa.int32(), nullable=False),
-        pa.field("replica", pa.string(), nullable=False),
-    ]
-)
-
-#: Columns of a labels file.
-LABEL_SCHEMA = pa.schema(
-    [
-        pa.field("request_id", pa.string(), nullable=False),
-        pa.field("label", pa.string(), nullable=False),
-        pa.field("received_at", _UTC, nullable=False),
-        pa.field("key", pa.string()),
-    ]
-)
-
-#: The Hive partition columns, as the views show them.
-PARTITION_SCHEMA = pa.schema([pa.field("model", pa.string()), pa.field("date", pa.date32())])
-
-_SCHEMAS = {PREDICTIONS: PREDICTION_SCHEMA, LABELS: LABEL_SCHEMA}
 
 #: Rows that identify a duplicate: the same row written twice (a crash between writing a
 #: merged file and deleting its sources, or a retried write after a partial failure).
@@ -97,8 +76,6 @@ COMPACT_TARGET_BYTES = 64 * 1024 * 1024
 #: A ``.parquet.tmp`` this old was left by a writer that died; compaction deletes it.
 _STALE_TMP_S = 3600.0
 
-_US_PER_DAY = 86_400_000_000
-_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 _FILE_NAME = re.compile(r"^(?P<writer>.+)-(?P<ts_ns>\d+)-(?P<seq>\d+)\.parquet$")
 _PARTITION_DIR = re.compile(r"^model=(?P<model>[^/]+)/date=(?P<date>\d{4}-\d{2}-\d{2})$")
@@ -106,76 +83,6 @@ _PARTITION_DIR = re.compile(r"^model=(?P<model>[^/]+)/date=(?P<date>\d{4}-\d{2}-
 _VANISHED = ("no such file", "not found", "failed to open", "filenotfound", "does not exist")
 
 T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class PredictionRecord:
-    """One answered prediction, as a gateway replica hands it to its log writer.
-
-    ``inputs`` and ``outputs`` are Python objects; they become JSON at write time, in the
-    writer's thread, off the request path.
-    """
-
-    request_id: str
-    ts: float  # epoch seconds
-    model: str
-    version: str
-    role: str
-    routing_key: str | None  # already a hash
-    inputs: Any | None  # None when the model's log_inputs is false
-    outputs: Any | None
-    latency_ms: float
-    status: int
-    replica: str
-
-
-def _scalar(value: Any) -> Any:
-    # A numpy scalar (or 0-d array) is one value; .item() makes it a Python one.
-    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
-        return value.item()
-    return value
-
-
-def prediction_value(outputs: Any) -> str | None:
-    """The ``prediction`` column: ``json.dumps`` of the single output when ``outputs`` is a
-    list of exactly one scalar (bool, int, float or str); else None (nothing to label)."""
-    if not isinstance(outputs, list) or len(outputs) != 1:
-        return None
-    value = _scalar(outputs[0])
-    if isinstance(value, bool | int | float | str):
-        return json.dumps(value)
-    return None
-
-
-def _json_default(value: Any) -> Any:
-    if callable(getattr(value, "tolist", None)):  # numpy arrays and scalars
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-def _to_json(value: Any, what: str, request_id: str) -> str | None:
-    if value is None:
-        return None
-    try:
-        return json.dumps(value, separators=(",", ":"), default=_json_default)
-    except (TypeError, ValueError, RecursionError) as exc:
-        # The row is still logged (ids, timings, status); only this column is lost.
-        logger.warning("inference log: %s of request %s is not JSON (%s)", what, request_id, exc)
-        return None
-
-
-def _micros(ts: float) -> int:
-    return round(ts * 1_000_000)
-
-
-def _date_of(micros: int) -> str:
-    return dt.date.fromordinal(_EPOCH_ORDINAL + micros // _US_PER_DAY).isoformat()
-
-
-def _utc_date(ts: float) -> dt.date:
-    return dt.date.fromordinal(_EPOCH_ORDINAL + _micros(ts) // _US_PER_DAY)
 
 
 def _safe(name: str) -> str:
@@ -220,19 +127,19 @@ class LogStore:
         groups: dict[tuple[str, str], list[PredictionRecord]] = defaultdict(list)
         stamps: dict[int, int] = {}
         for record in records:
-            micros = _micros(record.ts)
+            micros = to_micros(record.ts)
             stamps[id(record)] = micros
-            groups[(record.model, _date_of(micros))].append(record)
+            groups[(record.model, date_of(micros))].append(record)
         for (model, date), rows in groups.items():
             table = pa.table(
                 {
                     "request_id": [r.request_id for r in rows],
-                    "ts": pa.array([stamps[id(r)] for r in rows], pa.int64()).cast(_UTC),
+                    "ts": pa.array([stamps[id(r)] for r in rows], pa.int64()).cast(UTC),
                     "version": [r.version for r in rows],
                     "role": [r.role for r in rows],
                     "routing_key": [r.routing_key for r in rows],
-                    "inputs": [_to_json(r.inputs, "inputs", r.request_id) for r in rows],
-                    "outputs": [_to_json(r.outputs, "outputs", r.request_id) for r in rows],
+                    "inputs": [to_json(r.inputs, "inputs", r.request_id) for r in rows],
+                    "outputs": [to_json(r.outputs, "outputs", r.request_id) for r in rows],
                     "prediction": [prediction_value(r.outputs) for r in rows],
                     "latency_ms": [float(r.latency_ms) for r in rows],
                     "status": [int(r.status) for r in rows],
@@ -250,14 +157,14 @@ class LogStore:
         is stored as ``json.dumps`` of the value. One file per received date; returns rows."""
         groups: dict[str, list[tuple[str, str, int, str | None]]] = defaultdict(list)
         for request_id, label, received_at, key in rows:
-            micros = _micros(received_at)
-            groups[_date_of(micros)].append((request_id, json.dumps(label), micros, key))
+            micros = to_micros(received_at)
+            groups[date_of(micros)].append((request_id, json.dumps(label), micros, key))
         for date, group in groups.items():
             table = pa.table(
                 {
                     "request_id": [g[0] for g in group],
                     "label": [g[1] for g in group],
-                    "received_at": pa.array([g[2] for g in group], pa.int64()).cast(_UTC),
+                    "received_at": pa.array([g[2] for g in group], pa.int64()).cast(UTC),
                     "key": [g[3] for g in group],
                 },
                 schema=LABEL_SCHEMA,
@@ -307,7 +214,7 @@ class LogStore:
     def _parquet_paths(
         self, dataset: str, models: Iterable[str] | None, since: float | None
     ) -> list[str]:
-        first_day = _utc_date(since).isoformat() if since is not None else None
+        first_day = utc_date(since).isoformat() if since is not None else None
         paths = []
         base = f"{self._root}/{dataset}/"
         for info in self._list(dataset, models):
@@ -325,7 +232,7 @@ class LogStore:
     def _dataset(
         self, dataset: str, models: Iterable[str] | None, since: float | None
     ) -> pads.Dataset:
-        schema = pa.schema([*_SCHEMAS[dataset], *PARTITION_SCHEMA])
+        schema = pa.schema([*SCHEMAS[dataset], *PARTITION_SCHEMA])
         paths = self._parquet_paths(dataset, models, since)
         if not paths:
             return pads.dataset([], format="parquet", schema=schema)
@@ -467,7 +374,7 @@ class LogStore:
             total += f.size
         if len(chosen) < max(min_files, 2):
             return 0
-        schema = _SCHEMAS[dataset]
+        schema = SCHEMAS[dataset]
         tables = []
         for f in chosen:
             # One file at a time, never as a dataset: the partition columns stay in the path.

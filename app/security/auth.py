@@ -35,10 +35,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from app.security.paths import classify
 from app.serving.errors import Forbidden, Unauthorized
 
 Scope = Literal["predict", "feedback", "admin"]
-PathClass = Literal["public", "predict", "feedback", "admin"]
 
 ENV_API_KEYS = "MODELLANE_API_KEYS"
 ENV_PREDICT_AUTH = "MODELLANE_PREDICT_AUTH"
@@ -48,21 +48,6 @@ KEY_PREFIX = "ml_"
 WWW_AUTHENTICATE = 'Bearer realm="modellane"'
 www_authenticate = WWW_AUTHENTICATE  # the name the gateway brief uses
 
-#: Paths that never need a key: probes and API docs.
-PUBLIC_PATHS = frozenset(
-    {
-        "/healthz",
-        "/readyz",
-        "/v2/health/live",
-        "/v2/health/ready",
-        "/docs",
-        "/docs/oauth2-redirect",
-        "/redoc",
-        "/openapi.json",
-    }
-)
-ADMIN_PREFIX = "/admin"
-CONSOLE_PREFIX = "/console"
 
 _KEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -325,20 +310,6 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
         return credentials.strip()
     api_key = headers.get("x-api-key", "").strip()
     return api_key or None
-
-
-_FEEDBACK_PATH = re.compile(r"/v1/models/[^/]+/feedback")
-
-
-def classify(path: str) -> PathClass:
-    """Which class of endpoint ``path`` is: public, admin or (everything else) predict."""
-    if path in PUBLIC_PATHS or path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/"):
-        return "public"  # the console's page and scripts; its data needs the admin key
-    if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
-        return "admin"
-    if _FEEDBACK_PATH.fullmatch(path):
-        return "feedback"
-    return "predict"
 
 
 @dataclass(frozen=True)

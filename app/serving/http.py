@@ -7,11 +7,7 @@ Built as a plain FastAPI app by :func:`create_api`, so unit tests drive it in-pr
 from __future__ import annotations
 
 import logging
-import re
-import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,7 +16,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import constants
 from app.control.events import Event
@@ -36,15 +31,19 @@ from app.schemas import (
     RolloutAction,
     TrafficRequest,
 )
-from app.security.access import STATE_KEY_NAME, AccessControl
+from app.security.access import AccessControl
 from app.security.auth import Authenticator
 from app.security.ratelimit import RateLimiter
-from app.serving.dataplane import ANSWERED, Answered, DataPlane
+from app.serving.dataplane import DataPlane
 from app.serving.errors import ModellaneError, body_for_path, error_body, from_body
 from app.serving.guard import BodySizeLimit, RequestGuard, check_batch
 from app.serving.http_feedback import add_feedback_routes
 from app.serving.http_openai import add_embeddings_routes
 from app.serving.http_v2 import add_oip_routes
+from app.serving.observe import (
+    ObservePredictions,
+    Observer,
+)
 from app.settings import LimitSettings
 
 logger = logging.getLogger("modellane.http")
@@ -107,96 +106,6 @@ def _unwrap(answer: dict[str, Any]) -> dict[str, Any]:
     if "error" in answer:
         raise from_body(answer)
     return answer
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    """One prediction request as it left the gateway (for metrics and the access log)."""
-
-    model: str
-    version: str | None
-    role: str | None
-    status: int
-    latency_s: float
-    request_id: str | None
-    key_name: str | None = None
-    #: what the request carried and the answer's outputs (None where it got none)
-    inputs: Any = None
-    outputs: list[Any] | None = None
-    #: the routing key header's value, if the request had one
-    routing_key: str | None = None
-
-
-Observer = Callable[[RequestRecord], None]
-_PREDICT_PATH = re.compile(
-    r"^/v1/models/([^/]+)/predict$|^/v2/models/([^/]+)/(?:versions/[^/]+/)?infer$"
-)
-#: Where a route names the model it served when the path does not (``/v1/embeddings``).
-STATE_MODEL = "modellane_model"
-
-
-#: The operation under which an observer's failure is counted (``DataPlane.failures``).
-OBSERVER_FAILED = "request observer"
-
-
-class ObservePredictions:
-    """Hand every prediction request's outcome to ``observer``, after the answer is sent.
-
-    An observer that raises is logged and counted in ``failures``; the answer stands.
-    """
-
-    def __init__(self, app: ASGIApp, observer: Observer, failures: Counter[str]) -> None:
-        self.app = app
-        self.observer = observer
-        self.failures = failures
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        match = _PREDICT_PATH.match(scope.get("path", ""))
-        if match is None and scope.get("path") != "/v1/embeddings":
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-        started = time.perf_counter()
-        seen: dict[str, Any] = {"status": 500, "headers": {}}
-
-        async def watching_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                seen["status"] = message["status"]
-                seen["headers"] = {
-                    k.decode().lower(): v.decode() for k, v in message.get("headers", [])
-                }
-            await send(message)
-
-        note = Answered()
-        token = ANSWERED.set(note)
-        try:
-            await self.app(scope, receive, watching_send)
-        finally:
-            ANSWERED.reset(token)
-            request_headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-            headers = seen["headers"]
-            model = (match.group(1) or match.group(2)) if match else state.get(STATE_MODEL)
-            try:
-                self.observer(
-                    RequestRecord(
-                        model=model or "",
-                        version=headers.get(constants.HEADER_MODEL_VERSION.lower()),
-                        role=headers.get(constants.HEADER_MODEL_ROLE.lower()),
-                        status=int(seen["status"]),
-                        latency_s=time.perf_counter() - started,
-                        request_id=request_headers.get("x-request-id"),
-                        key_name=state.get(STATE_KEY_NAME),
-                        inputs=note.inputs,
-                        outputs=note.outputs,
-                        routing_key=note.routing_key,
-                    )
-                )
-            except Exception:  # observing must never break serving
-                logger.exception("request observer failed")
-                self.failures[OBSERVER_FAILED] += 1
 
 
 def _field_of(loc: tuple[Any, ...]) -> str:

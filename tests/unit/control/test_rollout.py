@@ -7,27 +7,29 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from app.control.rollout import (
-    ABORTED,
+from app.control.gates import (
     ERROR_RATE_TAU,
-    PAUSED,
-    PROMOTED,
     QUALITY_TAU,
-    ROLLED_BACK,
-    RUNNING,
     GatePolicy,
     GateResult,
     QualityFigures,
     QualityGate,
+    check_quality,
+    error_rate_gate,
+    quality_verdict,
+)
+from app.control.rollout import (
+    ABORTED,
+    PAUSED,
+    PROMOTED,
+    ROLLED_BACK,
+    RUNNING,
     Rollout,
     RolloutPolicy,
     advance,
     check_gates,
-    check_quality,
-    error_rate_gate,
     evaluate,
     finish,
-    quality_verdict,
     start,
 )
 from app.quality.compare import Comparison, ComparisonStats

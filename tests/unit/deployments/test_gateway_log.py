@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from app.quality.logstore import PredictionRecord
-from app.serving.http import RequestRecord
+from app.serving.observe import RequestRecord
 from app.settings import AppArgs
 
 

@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 
 from app.quality.drift import BASELINE_ARTIFACT, build_baseline
-from app.serving.http import OBSERVER_FAILED
+from app.serving.observe import OBSERVER_FAILED
 from tests.unit.deployments.test_model_server_batching import FakePyfunc, server
 from tests.unit.serving.test_http import Backends, make_table
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.control.rollout import QualityGate, error_rate_gate, quality_verdict
+from app.control.gates import QualityGate, error_rate_gate, quality_verdict
 from app.quality.sequential import Scores
 from app.quality.stats import ArmStats
 

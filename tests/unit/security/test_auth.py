@@ -20,13 +20,13 @@ from app.security.auth import (
     AuthSettings,
     KeyStore,
     Principal,
-    classify,
     generate_key,
     hash_key,
     main,
     presented_key,
     www_authenticate,
 )
+from app.security.paths import PUBLIC_PATHS, classify
 from app.serving.errors import Forbidden, ModellaneError, Unauthorized
 
 PREDICT_PLAIN = "ml_predict-secret-0123456789"
@@ -412,7 +412,7 @@ def test_www_authenticate_header_value() -> None:
     assert WWW_AUTHENTICATE == www_authenticate == 'Bearer realm="modellane"'
 
 
-@pytest.mark.parametrize("path", sorted(auth.PUBLIC_PATHS))
+@pytest.mark.parametrize("path", sorted(PUBLIC_PATHS))
 @pytest.mark.parametrize(
     "headers", [{}, bearer(UNKNOWN_PLAIN), bearer(PREDICT_PLAIN), {"x-api-key": "x"}]
 )

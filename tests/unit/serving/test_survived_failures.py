@@ -13,7 +13,8 @@ from app import constants
 from app.control.routing import RoutingTable
 from app.serving.dataplane import DataPlane
 from app.serving.errors import ModelFailed
-from app.serving.http import OBSERVER_FAILED, RequestRecord, create_api
+from app.serving.http import create_api
+from app.serving.observe import OBSERVER_FAILED, RequestRecord
 from tests.unit.serving.test_http import LIMIT, Backends, make_table, request, target
 
 PREDICT = "/v1/models/m/predict"

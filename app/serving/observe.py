@@ -1,0 +1,111 @@
+"""Every prediction request's outcome, handed to an observer after the answer is sent:
+the gateway's metrics, access log and inference log read it (:class:`ObservePredictions`,
+the outermost middleware of :func:`app.serving.http.create_api`)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import constants
+from app.security.access import STATE_KEY_NAME
+from app.serving.dataplane import ANSWERED, Answered
+
+logger = logging.getLogger("modellane.http")
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One prediction request as it left the gateway (for metrics and the access log)."""
+
+    model: str
+    version: str | None
+    role: str | None
+    status: int
+    latency_s: float
+    request_id: str | None
+    key_name: str | None = None
+    #: what the request carried and the answer's outputs (None where it got none)
+    inputs: Any = None
+    outputs: list[Any] | None = None
+    #: the routing key header's value, if the request had one
+    routing_key: str | None = None
+
+
+Observer = Callable[[RequestRecord], None]
+_PREDICT_PATH = re.compile(
+    r"^/v1/models/([^/]+)/predict$|^/v2/models/([^/]+)/(?:versions/[^/]+/)?infer$"
+)
+#: Where a route names the model it served when the path does not (``/v1/embeddings``).
+STATE_MODEL = "modellane_model"
+
+
+#: The operation under which an observer's failure is counted (``DataPlane.failures``).
+OBSERVER_FAILED = "request observer"
+
+
+class ObservePredictions:
+    """Hand every prediction request's outcome to ``observer``, after the answer is sent.
+
+    An observer that raises is logged and counted in ``failures``; the answer stands.
+    """
+
+    def __init__(self, app: ASGIApp, observer: Observer, failures: Counter[str]) -> None:
+        self.app = app
+        self.observer = observer
+        self.failures = failures
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        match = _PREDICT_PATH.match(scope.get("path", ""))
+        if match is None and scope.get("path") != "/v1/embeddings":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        started = time.perf_counter()
+        seen: dict[str, Any] = {"status": 500, "headers": {}}
+
+        async def watching_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                seen["headers"] = {
+                    k.decode().lower(): v.decode() for k, v in message.get("headers", [])
+                }
+            await send(message)
+
+        note = Answered()
+        token = ANSWERED.set(note)
+        try:
+            await self.app(scope, receive, watching_send)
+        finally:
+            ANSWERED.reset(token)
+            request_headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            headers = seen["headers"]
+            model = (match.group(1) or match.group(2)) if match else state.get(STATE_MODEL)
+            try:
+                self.observer(
+                    RequestRecord(
+                        model=model or "",
+                        version=headers.get(constants.HEADER_MODEL_VERSION.lower()),
+                        role=headers.get(constants.HEADER_MODEL_ROLE.lower()),
+                        status=int(seen["status"]),
+                        latency_s=time.perf_counter() - started,
+                        request_id=request_headers.get("x-request-id"),
+                        key_name=state.get(STATE_KEY_NAME),
+                        inputs=note.inputs,
+                        outputs=note.outputs,
+                        routing_key=note.routing_key,
+                    )
+                )
+            except Exception:  # observing must never break serving
+                logger.exception("request observer failed")
+                self.failures[OBSERVER_FAILED] += 1
