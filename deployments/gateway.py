@@ -18,11 +18,13 @@ from ray.serve.handle import DeploymentHandle
 from app import constants
 from app.control.routing import RoutingTable
 from app.quality.inference_log import LogWriter
-from app.quality.logstore import LogStore, PredictionRecord
+from app.quality.logstore import LogStore
+from app.quality.records import PredictionRecord
 from app.security.auth import Authenticator, KeyStore
 from app.security.ratelimit import LeaseFn, RateLimiter
 from app.serving.dataplane import DataPlane
-from app.serving.http import RequestRecord, create_api
+from app.serving.http import create_api
+from app.serving.observe import RequestRecord
 from app.settings import AppArgs
 from deployments.backends import HandleBackend
 from deployments.metrics import gateway_metrics, log_metrics, serving_errors, status_class
