@@ -100,6 +100,11 @@ class ModelDeploymentConfig(BatchSettings):
         description="Write request inputs to the inference log; false for data that must not "
         "be stored (outputs, ids and timings are still logged).",
     )
+    truncate: bool = Field(
+        default=True,
+        description="Text models: a text longer than the model reads is cut to fit (as Hugging "
+        "Face pipelines do with truncation=True); false answers 422 with the limit instead.",
+    )
     task: Task = Field(
         default="auto",
         description="How labels are judged: classification (accuracy) or regression (MAE, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from app.serving.errors import InvalidInput, ModelFailed, ModellaneError
 from app.serving.validation import InputSpec, parse_inputs, to_jsonable
 from app.settings import BatchSettings
 from deployments.metrics import model_metrics, serving_errors
+from deployments.model_loading import load_pyfunc
 
 logger = logging.getLogger("ray.serve")
 
@@ -48,8 +50,16 @@ OP_BASELINE = "drift baseline parse"
 class ModelServer:
     """Serves ``models:/<model>/<version>``; answers envelopes (see ``app.serving.dataplane``)."""
 
+    #: Whether a text longer than the model reads is cut to fit (else a 422).
+    truncate = True
+
     def __init__(
-        self, model: str, version: str, tracking_uri: str, drift_window: int = 1000
+        self,
+        model: str,
+        version: str,
+        tracking_uri: str,
+        drift_window: int = 1000,
+        truncate: bool = True,
     ) -> None:
         for key, value in constants.OFFLINE_ENV.items():
             os.environ.setdefault(key, value)
@@ -63,14 +73,16 @@ class ModelServer:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{model}/{version}", tracking_uri=tracking_uri
         )
-        self._model = mlflow.pyfunc.load_model(local)
+        mlmodel = Model.load(local)
+        self._model = load_pyfunc(local, mlmodel.flavors, truncate)
+        self.truncate = truncate
         #: "cuda" where Ray gave this replica a GPU (num_gpus > 0) and torch sees it, else "cpu".
         self.device = _place(self._model, ray.get_gpu_ids())
         signature = self._model.metadata.signature
         if signature is None:
             raise RuntimeError(f"{model} v{version} has no signature; log it with one")
         self.spec = InputSpec.from_signature_inputs(signature.inputs)
-        example = Model.load(local).load_input_example(local)
+        example = mlmodel.load_input_example(local)
         if example is None:
             raise RuntimeError(f"{model} v{version} has no input example to validate it with")
         self.example = _example_as_inputs(self.spec, example)
@@ -181,7 +193,7 @@ class ModelServer:
         valid: list[tuple[int, Any]] = []
         for i, inputs in enumerate(requests):
             try:
-                valid.append((i, parse_inputs(self.spec, inputs)))
+                valid.append((i, self._within_length(parse_inputs(self.spec, inputs))))
             except InvalidInput as exc:
                 exc.model, exc.version = self.model_name, self.version
                 answers[i] = exc.body()
@@ -236,6 +248,20 @@ class ModelServer:
             answer["usage"] = {"prompt_tokens": tokens}
         return answer
 
+    def _within_length(self, data: Any) -> Any:
+        """``data``, where each text fits the model or is cut to (``truncate``, the default)."""
+        if self.truncate or self._tokenizer is None or not isinstance(data, list):
+            return data
+        lengths = self._tokenizer(data, add_special_tokens=True)["input_ids"]
+        for i, ids in enumerate(lengths):
+            if len(ids) > self._max_tokens:
+                raise InvalidInput(
+                    f"the text has {len(ids)} tokens; {self.model_name} reads at most "
+                    f"{self._max_tokens} (this model has truncate: false)",
+                    field=f"inputs[{i}]",
+                )
+        return data
+
     def _count_tokens(self, data: Any) -> int | None:
         """Tokens the model read (text models with a tokenizer), for usage figures."""
         if self._tokenizer is None or not isinstance(data, list):
@@ -266,12 +292,12 @@ def _place(model: Any, gpu_ids: list[Any]) -> str:
     Ray sets CUDA_VISIBLE_DEVICES to the replica's share of a device (``num_gpus``, which
     may be a fraction), so "cuda" is that device. Other models stay where they are.
     """
-    try:
-        import torch
-
-        device = choose_device(gpu_ids, torch.cuda.is_available())
-    except ImportError:
+    # A model that runs on torch imported it as it loaded; importing it here for the others
+    # (scikit-learn, XGBoost, ...) would cost every such replica hundreds of MB.
+    torch = sys.modules.get("torch")
+    if torch is None:
         return "cpu"
+    device = choose_device(gpu_ids, torch.cuda.is_available())
     if device == "cpu":
         return device
     raw = model.get_raw_model() if hasattr(model, "get_raw_model") else None

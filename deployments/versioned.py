@@ -14,9 +14,13 @@ from deployments.model_server import ModelServer
 CODE_VERSION = package_version("modellane")
 
 
-def deployment_version(model: str, version: str) -> str:
-    """The deployment version Serve is given for ``<model>-v<version>``."""
-    return f"{model}-v{version}-{CODE_VERSION}"
+def deployment_version(model: str, version: str, truncate: bool = True) -> str:
+    """The deployment version Serve is given for ``<model>-v<version>``.
+
+    The model server's constructor arguments are not compared by Serve once the version is
+    fixed, so a setting passed that way (``truncate``) is part of it: a change restarts.
+    """
+    return f"{model}-v{version}-{CODE_VERSION}" + ("" if truncate else "-no-truncate")
 
 
 def version_app(
@@ -38,5 +42,7 @@ def version_app(
     # ``serve.run`` counts as new code, and Serve restarts every replica even where nothing
     # or only the replica count changed. tests/unit/deployments/test_private_apis.py fails
     # if Ray stops reading it, or if a public ``version=`` comes back.
-    deployment._version = deployment_version(model, version)
-    return deployment.bind(model, version, args.mlflow_tracking_uri, args.drift.window)
+    deployment._version = deployment_version(model, version, config.truncate)
+    return deployment.bind(
+        model, version, args.mlflow_tracking_uri, args.drift.window, config.truncate
+    )

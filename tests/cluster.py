@@ -25,6 +25,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import haproxy_env
+
 NODE_ARGS: dict[str, Any] = {"num_cpus": 1}
 WORKERS = 2
 
@@ -136,6 +138,7 @@ class ClusterProcess:
             text=True,
             cwd=cwd,
             start_new_session=True,  # its Ray processes are ours to stop, by this group id
+            env={**os.environ, **haproxy_env(log_path.parent / "haproxy")},
         )
         self._lock = threading.Lock()
 

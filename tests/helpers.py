@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,3 +52,25 @@ def throttled(condition: Callable[[], object], every_s: float = 0.5) -> Callable
         return bool(last["value"])
 
     return check
+
+
+def haproxy_env(directory: Path) -> dict[str, str]:
+    """Where Ray's request-path options are on (scripts/env.sh), what gives a Ray instance's
+    HAProxy its own files and its own stats and exporter ports: Ray's defaults are fixed
+    (8404, 9101, /tmp/haproxy-serve), and two instances (the suite's, the cluster test's, a
+    running scripts/up.sh) must never meet. Empty where HAProxy is off."""
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+        return {}
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(str(sock.getsockname()[1]))
+    return {
+        "RAY_SERVE_HAPROXY_STATS_PORT": ports[0],
+        "RAY_SERVE_HAPROXY_METRICS_PORT": ports[1],
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(directory / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(directory / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(directory),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(directory / "server-state"),
+    }

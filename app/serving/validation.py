@@ -179,10 +179,15 @@ def _check_value(col: ColumnSpec, value: Any, field: str) -> None:
     ok: bool
     if col.type in _NUMERIC_FLOAT:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if ok and not math.isfinite(float(value)):
-            raise InvalidInput("number must be finite", field=field)
+        if ok:
+            _check_float(col.type, value, field)
     elif col.type in _NUMERIC_INT:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and not _INT_RANGES[col.type][0] <= value <= _INT_RANGES[col.type][1]:
+            low, high = _INT_RANGES[col.type]
+            raise InvalidInput(
+                f"{str(value)[:24]} is out of range for {col.type} ({low} to {high})", field=field
+            )
     elif col.type == "boolean":
         ok = isinstance(value, bool)
     elif col.type == "string":
@@ -192,6 +197,30 @@ def _check_value(col: ColumnSpec, value: Any, field: str) -> None:
     if not ok:
         raise InvalidInput(
             f"expected {col.type}, got {type(value).__name__} {value!r:.40}", field=field
+        )
+
+
+#: The values an MLflow integer type holds (long is int64, integer int32).
+_INT_RANGES = {
+    "long": (int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)),
+    "integer": (int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max)),
+}
+#: The largest finite value of an MLflow floating type (double is float64, float float32).
+_FLOAT_MAX = {"double": float(np.finfo(np.float64).max), "float": float(np.finfo(np.float32).max)}
+
+
+def _check_float(type_name: str, value: int | float, field: str) -> None:
+    """A finite number the column's dtype can hold: JSON allows 10**400, a float does not."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if math.isnan(number):
+        raise InvalidInput("number must be finite", field=field)
+    if abs(number) > _FLOAT_MAX[type_name]:
+        raise InvalidInput(
+            f"number must be finite and fit a {type_name} (at most {_FLOAT_MAX[type_name]:.4g})",
+            field=field,
         )
 
 

@@ -42,6 +42,7 @@ from tests.helpers import (
     LIMITED_RATE_PER_S,
     PREDICT_KEY,
     REPO,
+    haproxy_env,
     wait_for,
 )
 from tests.integration.roles import Roles
@@ -254,12 +255,13 @@ def metrics_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def serve_http(metrics_port: int) -> Iterator[str]:
+def serve_http(metrics_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real local Ray + Serve, started once; yields the HTTP proxy's base URL."""
     import ray
     from ray import serve
 
     port = _free_port()
+    os.environ.update(haproxy_env(tmp_path_factory.mktemp("haproxy")))
     ray.init(
         address="local",
         num_cpus=4,
@@ -372,13 +374,16 @@ def serve_deploy(config: dict[str, Any]) -> None:
 
 def config_in_force(config: dict[str, Any], models: tuple[str, ...] = ()) -> bool:
     """Whether Serve runs ``config``'s control application with its replica counts, and
-    every running version application of ``models`` with the replicas the config gives it."""
+    every running version application of ``models`` with the replicas the config gives it.
+
+    Where not, it raises what differs (``wait_for`` reports the last one on a time-out)."""
     from ray import serve
 
     (control,) = [a for a in config["applications"] if a["name"] == constants.CONTROL_APP_NAME]
     apps = serve.status().applications
-    if apps[constants.CONTROL_APP_NAME].status != "RUNNING":
-        return False
+    status = apps[constants.CONTROL_APP_NAME].status
+    if status != "RUNNING":
+        raise AssertionError(f"the control application is {status}")
     wanted = {d["name"]: d.get("num_replicas", 1) for d in control["deployments"]}
     for name, settings in control["args"]["models"].items():
         if name not in models:
@@ -393,7 +398,7 @@ def config_in_force(config: dict[str, Any], models: tuple[str, ...] = ()) -> boo
         else:  # a deployment of the control application
             states = apps[constants.CONTROL_APP_NAME].deployments[name].replica_states
         if states.get("RUNNING") != count or sum(states.values()) != count:
-            return False
+            raise AssertionError(f"{name} has replicas {dict(states)}, wanted {count} RUNNING")
     return True
 
 

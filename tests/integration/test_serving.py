@@ -142,6 +142,37 @@ def test_bad_text_input_is_422(client: httpx.Client) -> None:
     assert err["field"] in {"inputs", "text"}
 
 
+#: A review of 600 words: more tokens than either text model reads (sentiment 512 positions,
+#: minilm 256), short of the 20,000-character string limit.
+LONG_REVIEW = " ".join(["a wonderful film with a weak ending"] * 86)
+
+
+@pytest.mark.parametrize("model", ["sentiment", "minilm"])
+def test_a_text_longer_than_the_model_reads_is_truncated_not_a_500(
+    client: httpx.Client, model: str
+) -> None:
+    """Both text models cut a long text to what they read (``truncate``, the default), and
+    answer it as they answer its first tokens alone."""
+    answer = client.post(f"/v1/models/{model}/predict", json={"inputs": [LONG_REVIEW, "ok"]})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["outputs"]) == 2
+    # Counted as the model reads it: at most its limit for the long one.
+    assert answer.json()["usage"]["prompt_tokens"] <= (512 if model == "sentiment" else 256) + 3
+
+
+@pytest.mark.parametrize("number", ["1" + "0" * 400, "-1e400", "1e309"])
+def test_a_number_no_float_holds_is_422_naming_the_field(client: httpx.Client, number: str) -> None:
+    """JSON allows any number; a float64 column takes none past 1.8e308 (a 422, never the
+    OverflowError it once was)."""
+    row = '"sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2'
+    body = f'{{"inputs": [{{"sepal_length": {number}, {row}}}]}}'
+    answer = client.post(
+        "/v1/models/iris/predict", content=body, headers={"content-type": "application/json"}
+    )
+    err = _error(answer, 422)
+    assert err["field"] == "inputs[0].sepal_length"
+
+
 def test_body_over_the_limit_is_413(client: httpx.Client) -> None:
     big = {"inputs": ["x" * 1_100_000]}
     err = _error(client.post("/v1/models/minilm/predict", json=big), 413)

@@ -64,10 +64,16 @@ def test_version_app_binds_the_model_version_with_its_settings_and_a_fixed_versi
     assert isinstance(app, Application)
     deployment = app._bound_deployment
     assert deployment.version == deployment_version("iris", "3") == f"iris-v3-{CODE_VERSION}"
-    assert deployment.init_args == ("iris", "3", args.mlflow_tracking_uri, args.drift.window)
+    assert deployment.init_args == (
+        "iris", "3", args.mlflow_tracking_uri, args.drift.window, True
+    )  # fmt: skip
     assert deployment.num_replicas == 2
     assert deployment.user_config["max_batch_size"] == 4
     assert ModelServer.version is None  # the shared deployment is left as it was
+    # A setting Serve does not compare (a constructor argument) changes the version.
+    strict = version_app("iris", "3", ModelDeploymentConfig(truncate=False), args)
+    assert strict._bound_deployment.init_args[-1] is False
+    assert strict._bound_deployment.version == f"iris-v3-{CODE_VERSION}-no-truncate"
 
 
 class _FakeController:

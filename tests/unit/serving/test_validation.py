@@ -228,6 +228,38 @@ def test_non_finite_numbers_are_rejected(iris: InputSpec, bad: float) -> None:
     assert "finite" in err.message
 
 
+@pytest.mark.parametrize("bad", [10**400, -(10**400), 10**309])
+def test_a_number_too_large_for_a_float_is_rejected_naming_the_field(
+    iris: InputSpec, bad: int
+) -> None:
+    """JSON has no limit on a number's size; ``float(10**400)`` raises OverflowError."""
+    err = invalid(iris, [record(sepal_length=bad)])
+    assert err.field == "inputs[0].sepal_length"
+    assert "double" in err.message
+
+
+def test_a_float32_column_rejects_what_only_a_double_holds() -> None:
+    spec = InputSpec(kind="tabular", columns=(ColumnSpec(name="x", type="float"),))
+    assert parse_inputs(spec, [{"x": 3.0e38}])["x"].dtype == np.float32
+    assert invalid(spec, [{"x": 1e39}]).field == "inputs[0].x"
+
+
+@pytest.mark.parametrize(
+    ("type_", "bad"),
+    [("long", 2**63), ("long", -(2**63) - 1), ("integer", 2**31), ("long", 10**400)],
+    ids=["long-high", "long-low", "integer-high", "long-10**400"],
+)
+def test_an_integer_out_of_its_columns_range_is_rejected(type_: str, bad: int) -> None:
+    spec = InputSpec(kind="tabular", columns=(ColumnSpec(name="n", type=type_),))
+    assert "out of range" in invalid(spec, [{"n": bad}]).message
+
+
+@pytest.mark.parametrize(("type_", "edge"), [("long", 2**63 - 1), ("integer", -(2**31))])
+def test_an_integer_at_the_edge_of_its_range_is_accepted(type_: str, edge: int) -> None:
+    spec = InputSpec(kind="tabular", columns=(ColumnSpec(name="n", type=type_),))
+    assert parse_inputs(spec, [{"n": edge}])["n"].tolist() == [edge]
+
+
 # -- text ------------------------------------------------------------------------------
 
 

@@ -1,0 +1,77 @@
+"""Load a model version's pyfunc, importing no more than its flavor needs.
+
+Two things the plain ``mlflow.pyfunc.load_model`` call gets wrong for a server:
+
+- **Memory.** MLflow saves scikit-learn models with skops by default, and ``import skops.io``
+  lists every scikit-learn estimator (``sklearn.utils.all_estimators``), which imports every
+  scikit-learn module, including the array-API shim that imports torch wherever torch is
+  installed. A logistic regression's replica then holds torch: hundreds of MB for nothing.
+  skops is imported here with torch hidden, so only a model that really runs on torch
+  imports it (as it loads).
+- **Long texts.** A transformers pipeline called without ``truncation=True`` raises on a
+  text longer than the model's positions (a tensor size mismatch, a 500). With
+  ``truncate`` (the default, as Hugging Face pipelines do when asked), the pipeline cuts it.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+logger = logging.getLogger("ray.serve")
+
+#: The flavor of MLflow's transformers models (pipelines).
+TRANSFORMERS_FLAVOR = "transformers"
+_SKLEARN_FLAVOR = "sklearn"
+
+
+class _Hidden(importlib.abc.MetaPathFinder):
+    """A finder that makes ``names`` (and their submodules) look not installed."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        if fullname.split(".", 1)[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        return None
+
+
+@contextmanager
+def hidden(*names: str) -> Iterator[None]:
+    """Within the block, importing any of ``names`` fails as if it were not installed.
+
+    A module already imported stays usable (this only stops new imports).
+    """
+    finder = _Hidden(names)
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
+
+def prepare_flavor(flavors: dict[str, Any]) -> None:
+    """Import what a flavor's loader imports, where it would otherwise pull in torch."""
+    if _SKLEARN_FLAVOR not in flavors or "torch" in sys.modules:
+        return
+    if "skops.io" in sys.modules or importlib.util.find_spec("skops") is None:
+        return
+    with hidden("torch"):
+        import skops.io  # noqa: F401  (what mlflow.sklearn imports to load a skops model)
+
+
+def load_pyfunc(local: str, flavors: dict[str, Any], truncate: bool = True) -> Any:
+    """``mlflow.pyfunc.load_model`` of the version downloaded to ``local``."""
+    import mlflow
+
+    prepare_flavor(flavors)
+    if TRANSFORMERS_FLAVOR in flavors and truncate:
+        # The pipeline's own arguments: a text longer than the model reads is cut to fit.
+        return mlflow.pyfunc.load_model(local, model_config={"truncation": True})
+    return mlflow.pyfunc.load_model(local)
