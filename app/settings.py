@@ -71,6 +71,13 @@ class ModelDeploymentConfig(BatchSettings):
         ge=1,
         description="Requests one replica may hold at once; at least max_batch_size.",
     )
+    max_queued_requests: int = Field(
+        default=32,
+        ge=-1,
+        description="Requests each gateway replica lets wait for this version's replicas "
+        "beyond max_ongoing_requests; past it a request gets 503 with Retry-After at once "
+        "instead of a time-out (-1: no bound, Ray's default).",
+    )
     rollout: RolloutPolicy | None = Field(
         default=None,
         description="Progressive rollout of a new challenger; without one, the challenger's "
@@ -115,6 +122,8 @@ class ModelDeploymentConfig(BatchSettings):
     def _one_scaling_mode(self) -> ModelDeploymentConfig:
         if self.num_replicas is not None and self.autoscaling_config is not None:
             raise ValueError("set num_replicas or autoscaling_config, not both")
+        if self.max_queued_requests == 0:
+            raise ValueError("max_queued_requests must be -1 (no bound) or at least 1")
         if self.max_ongoing_requests < self.max_batch_size:
             raise ValueError(
                 f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least "
@@ -133,6 +142,7 @@ class ModelDeploymentConfig(BatchSettings):
         options: dict[str, Any] = {
             "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
             "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
             "user_config": self.batch_settings().model_dump(),
         }
         if self.max_replicas_per_node is not None:

@@ -12,7 +12,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from app import constants
 from app.control.routing import Target
-from app.serving.errors import ModelFailed, ModelUnavailable
+from app.serving.errors import ModelFailed, ModelUnavailable, Overloaded
 
 logger = logging.getLogger("ray.serve")
 
@@ -43,7 +43,7 @@ class HandleBackend:
         return await self._call("metadata")
 
     async def _call(self, method: str, *args: Any) -> dict[str, Any]:
-        where = {"model": self.target.model, "version": self.target.version}
+        where: dict[str, Any] = {"model": self.target.model, "version": self.target.version}
         for attempt in range(1, REPLICA_DEATH_TRIES + 1):
             try:
                 answer: dict[str, Any] = await getattr(self._handle, method).remote(*args)
@@ -61,7 +61,13 @@ class HandleBackend:
                     attempt + 1, REPLICA_DEATH_TRIES,
                 )  # fmt: skip
                 await asyncio.sleep(REPLICA_DEATH_BACKOFF_S * attempt)
-            except (BackPressureError, DeploymentUnavailableError) as exc:
+            except BackPressureError as exc:  # its queue is full: shed now, never wait
+                raise Overloaded(
+                    f"model {self.target.model} version {self.target.version} is at capacity "
+                    "(its queue is full); retry after the Retry-After header's seconds",
+                    **where,
+                ) from exc
+            except DeploymentUnavailableError as exc:
                 raise ModelUnavailable(
                     f"model {self.target.model} version {self.target.version} is unavailable: "
                     f"{type(exc).__name__}",

@@ -27,6 +27,7 @@ from app.serving.http import create_api
 from app.serving.observe import RequestRecord
 from app.settings import AppArgs
 from deployments.backends import HandleBackend
+from deployments.log_flush import start_log_flusher
 from deployments.metrics import gateway_metrics, log_metrics, serving_errors, status_class
 
 logger = logging.getLogger("ray.serve")
@@ -98,6 +99,7 @@ class Gateway:
         limiter: DeploymentHandle | None = None,
     ) -> None:
         self._args = AppArgs.model_validate(args)
+        start_log_flusher()  # access log lines reach the log within seconds
         self._watcher = watcher
         # Keys are read here, from the config and the environment, as hashes only.
         self._authenticator = Authenticator(

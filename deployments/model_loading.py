@@ -21,6 +21,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any
 
 logger = logging.getLogger("ray.serve")
@@ -71,7 +72,25 @@ def load_pyfunc(local: str, flavors: dict[str, Any], truncate: bool = True) -> A
     import mlflow
 
     prepare_flavor(flavors)
+    model = mlflow.pyfunc.load_model(local)
     if TRANSFORMERS_FLAVOR in flavors and truncate:
-        # The pipeline's own arguments: a text longer than the model reads is cut to fit.
-        return mlflow.pyfunc.load_model(local, model_config={"truncation": True})
-    return mlflow.pyfunc.load_model(local)
+        _truncate_in_pipeline(model)
+    return model
+
+
+def _truncate_in_pipeline(model: Any) -> None:
+    """Have the transformers pipeline cut a text longer than the model reads.
+
+    MLflow's wrapper calls ``pipeline(texts, **model_config)``, so ``truncation=True`` goes
+    there. ``load_model(model_config=...)`` cannot add it: MLflow only overrides keys the
+    model was logged with. ``_model_impl`` is the wrapper (MLflow marks the attribute
+    ``@developer_stable``); the integration test of long texts fails if this stops working.
+    """
+    wrapper = model._model_impl
+    config = getattr(wrapper, "model_config", None)
+    if config is None:
+        raise RuntimeError(
+            f"{type(wrapper).__name__} has no model_config: cannot turn on truncation "
+            "(set truncate: false for this model, or pin the MLflow version)"
+        )
+    wrapper.model_config = MappingProxyType({**config, "truncation": True})

@@ -27,6 +27,7 @@ from app.quality.drift import BASELINE_ARTIFACT, Baseline, DriftMonitor
 from app.serving.errors import InvalidInput, ModelFailed, ModellaneError
 from app.serving.validation import InputSpec, parse_inputs, to_jsonable
 from app.settings import BatchSettings
+from deployments.log_flush import start_log_flusher
 from deployments.metrics import model_metrics, serving_errors
 from deployments.model_loading import load_pyfunc
 
@@ -61,6 +62,7 @@ class ModelServer:
         drift_window: int = 1000,
         truncate: bool = True,
     ) -> None:
+        start_log_flusher()  # access log lines reach the log within seconds
         for key, value in constants.OFFLINE_ENV.items():
             os.environ.setdefault(key, value)
         import mlflow

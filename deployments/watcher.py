@@ -26,6 +26,7 @@ from app.quality.live import QualityMonitor
 from app.quality.logstore import LogStore
 from app.serving.errors import ModellaneError
 from app.settings import AppArgs
+from deployments.log_flush import start_log_flusher
 from deployments.metrics import set_gpu_gauges
 from deployments.serve_port import RayControlMetrics, RayServe
 
@@ -40,6 +41,7 @@ from deployments.serve_port import RayControlMetrics, RayServe
 class RegistryWatcher:
     async def __init__(self, args: dict[str, Any]) -> None:  # type: ignore[misc]
         self._args = AppArgs.model_validate(args)
+        start_log_flusher()  # access log lines reach the log within seconds
         for key, value in constants.REGISTRY_HTTP_ENV.items():
             os.environ.setdefault(key, value)
         registry = ThreadedRegistry(RegistryClient(self._args.mlflow_tracking_uri))

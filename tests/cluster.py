@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,8 @@ class ClusterProcess:
             text=True,
             cwd=cwd,
             start_new_session=True,  # its Ray processes are ours to stop, by this group id
-            env={**os.environ, **haproxy_env(log_path.parent / "haproxy")},
+            # HAProxy's socket path must stay under 97 characters: a short folder.
+            env={**os.environ, **haproxy_env(Path(tempfile.mkdtemp(prefix="hap")))},
         )
         self._lock = threading.Lock()
 

@@ -108,6 +108,17 @@ class ModelUnavailable(ModellaneError):
     code = "model_unavailable"
 
 
+class Overloaded(ModelUnavailable):
+    """The version's queue is full (its ``max_queued_requests``): shed at once, not queued
+    into a time-out; ``retry_after_s`` is the ``Retry-After`` the client gets."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after_s = retry_after_s
+
+
 class RegistryUnavailable(ModellaneError):
     """The registry could not be read or written, so the action cannot be done safely."""
 

@@ -7,6 +7,7 @@ Built as a plain FastAPI app by :func:`create_api`, so unit tests drive it in-pr
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +36,13 @@ from app.security.access import AccessControl
 from app.security.auth import Authenticator
 from app.security.ratelimit import RateLimiter
 from app.serving.dataplane import DataPlane
-from app.serving.errors import ModellaneError, body_for_path, error_body, from_body
+from app.serving.errors import (
+    ModellaneError,
+    Overloaded,
+    body_for_path,
+    error_body,
+    from_body,
+)
 from app.serving.guard import BodySizeLimit, RequestGuard, check_batch
 from app.serving.http_feedback import add_feedback_routes
 from app.serving.http_openai import add_embeddings_routes
@@ -164,6 +171,8 @@ def create_api(
         if exc.role is not None and exc.version is not None:  # a version answered, with an error
             headers[constants.HEADER_MODEL_VERSION] = exc.version
             headers[constants.HEADER_MODEL_ROLE] = exc.role
+        if isinstance(exc, Overloaded):
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
         return answer(request, exc.body(), exc.status, headers)
 
     @api.exception_handler(RequestValidationError)

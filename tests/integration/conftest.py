@@ -21,9 +21,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,7 +66,13 @@ TEST_MODEL_SETTINGS: dict[str, dict[str, Any]] = {
     "abtest": {"allow_version_override": True},
     # sturdy: the fault tests kill one of its two replicas.
     "sturdy": {"num_replicas": 2},
-    "shadowed": {"shadow_fraction": 1.0, "shadow_timeout_s": 1.0, "shadow_max_in_flight": 4},
+    # shadowed: v3 sleeps 5 s a call; 2 may wait per gateway replica (test_faults sheds).
+    "shadowed": {
+        "shadow_fraction": 1.0,
+        "shadow_timeout_s": 1.0,
+        "shadow_max_in_flight": 4,
+        "max_queued_requests": 2,
+    },
     # graded: v1 weak, v2 strong iris; rollouts judged on labels (test_quality).
     "graded": {
         "rollout": {
@@ -255,13 +263,15 @@ def metrics_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def serve_http(metrics_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def serve_http(metrics_port: int) -> Iterator[str]:
     """A real local Ray + Serve, started once; yields the HTTP proxy's base URL."""
     import ray
     from ray import serve
 
     port = _free_port()
-    os.environ.update(haproxy_env(tmp_path_factory.mktemp("haproxy")))
+    # HAProxy's socket path must stay under 97 characters: a short folder, not pytest's.
+    haproxy_dir = Path(tempfile.mkdtemp(prefix="hap"))
+    os.environ.update(haproxy_env(haproxy_dir))
     ray.init(
         address="local",
         num_cpus=4,
@@ -275,6 +285,7 @@ def serve_http(metrics_port: int, tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(haproxy_dir, ignore_errors=True)
 
 
 class WebhookReceiver:

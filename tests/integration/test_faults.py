@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from app import constants
-from tests.helpers import throttled, wait_for
+from tests.helpers import PREDICT_HEADERS, throttled, wait_for
 from tests.integration.conftest import IRIS_COLUMNS
 from tests.integration.roles import Roles
 from tests.load import Load, LoadResult
@@ -214,3 +214,30 @@ def test_watcher_killed_is_restarted_adopts_what_runs_and_no_request_fails(
     events = client.get("/admin/events", params={"model": "sturdy", "limit": 200}).json()
     assert any(e["kind"] == "adopt" for e in events), events[-5:]
     assert not any(e["kind"] == "deploy" for e in events), "the restarted watcher redeployed"
+
+
+def test_overload_is_shed_at_once_with_503_and_retry_after(gateway: str, roles: Roles) -> None:
+    """``shadowed`` v3 sleeps 5 s on every call; its replica runs 8 at once and each gateway
+    replica lets 2 more wait (``max_queued_requests``). Of 30 concurrent requests the rest
+    are shed: 503 ``overloaded`` with ``Retry-After`` and the common body, not a time-out,
+    while the admitted ones are answered. How fast the 503 comes is measured in
+    scripts/bench.py, not here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    roles.set("shadowed", champion="3", challenger=None, shadow=None)
+    url = f"{gateway}/v1/models/shadowed/predict"
+
+    def call(_: int) -> httpx.Response:
+        return httpx.post(url, json=ROW, headers=PREDICT_HEADERS, timeout=60)
+
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        answers = list(pool.map(call, range(30)))
+    shed = [a for a in answers if a.status_code == 503]
+    served = [a for a in answers if a.status_code == 200]
+    assert len(shed) + len(served) == len(answers), [a.text for a in answers][:3]
+    assert len(shed) >= 30 - 8 - 2 * 2, len(shed)  # at most 8 running, 2 waiting per gateway
+    assert served  # the admitted ones are answered, by v3
+    for answer in shed:
+        assert answer.headers["Retry-After"] == "1"
+        error = answer.json()["error"]
+        assert (error["code"], error["model"], error["version"]) == ("overloaded", "shadowed", "3")

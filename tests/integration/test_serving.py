@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import numpy as np
 import pandas as pd
@@ -203,3 +205,39 @@ def test_model_exception_is_500_naming_model_and_version_and_replica_stays_up(
     assert ok.status_code == 200
     assert ok.json()["outputs"] == [4.0]
     assert replica_ids() == before  # the same replica answered: nothing restarted
+
+
+def test_loopback_stays_loopback(gateway: str) -> None:
+    """The stack is started with ``http_options.host: 127.0.0.1`` (as serve_config.yaml
+    has it): the gateway's port, and the gateway replicas' own HTTP and gRPC ports (direct
+    ingress, where Ray's request-path options are on), listen on loopback only. Where
+    HAProxy is on, the only ports it opens on every interface are its stats page and its
+    Prometheus exporter, which Ray binds so regardless (docs/security.md names them)."""
+    import psutil
+
+    from tests.integration.test_faults import running_replicas
+
+    port = int(gateway.rsplit(":", 1)[1])
+    listening = [c for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
+    on_port = [c for c in listening if c.laddr.port == port]
+    assert on_port and {c.laddr.ip for c in on_port} == {"127.0.0.1"}, on_port
+
+    gateway_pids = {int(r["pid"]) for r in running_replicas("modellane", "Gateway")}
+    assert gateway_pids
+    ingress_ports = (range(30000, 31000), range(40000, 41000))  # Ray's defaults, HTTP, gRPC
+    direct = [
+        c
+        for c in listening
+        if c.pid in gateway_pids and any(c.laddr.port in ports for ports in ingress_ports)
+    ]
+    assert {c.laddr.ip for c in direct} <= {"127.0.0.1"}, direct
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        assert direct  # each gateway replica serves HTTP itself, behind HAProxy
+        haproxy = {c.pid for c in on_port}
+        everywhere = {
+            c.laddr.port for c in listening if c.pid in haproxy and c.laddr.ip in ("0.0.0.0", "::")
+        }
+        assert everywhere <= {
+            int(os.environ["RAY_SERVE_HAPROXY_STATS_PORT"]),
+            int(os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"]),
+        }, everywhere

@@ -34,9 +34,24 @@ def test_model_deployment_defaults() -> None:
     assert cfg.deployment_options() == {
         "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.0},
         "max_ongoing_requests": 8,
+        "max_queued_requests": 32,
         "num_replicas": 1,
         "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.01},
     }
+
+
+@pytest.mark.parametrize("bound", [-1, 1, 500])
+def test_the_queue_bound_is_unbounded_or_positive(bound: int) -> None:
+    assert (
+        ModelDeploymentConfig(max_queued_requests=bound).deployment_options()["max_queued_requests"]
+        == bound
+    )
+
+
+@pytest.mark.parametrize("bound", [0, -2])
+def test_a_queue_bound_ray_refuses_is_refused_here(bound: int) -> None:
+    with pytest.raises(ValidationError, match="max_queued_requests"):
+        ModelDeploymentConfig(max_queued_requests=bound)
 
 
 def test_batching_reaches_the_user_config_and_needs_room_for_a_full_batch() -> None:
