@@ -15,6 +15,7 @@ Two things the plain ``mlflow.pyfunc.load_model`` call gets wrong for a server:
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.util
 import logging
@@ -64,7 +65,8 @@ def prepare_flavor(flavors: dict[str, Any]) -> None:
     if "skops.io" in sys.modules or importlib.util.find_spec("skops") is None:
         return
     with hidden("torch"):
-        import skops.io  # noqa: F401  (what mlflow.sklearn imports to load a skops model)
+        # What mlflow.sklearn imports to load a skops model (MLflow's dependency, not ours).
+        importlib.import_module("skops.io")
 
 
 def load_pyfunc(local: str, flavors: dict[str, Any], truncate: bool = True) -> Any:

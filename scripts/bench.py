@@ -38,6 +38,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import bench_load  # noqa: E402  (scripts/, beside this file)
+
 from app.security.auth import generate_key, hash_key  # noqa: E402
 
 IRIS_ROW = {"sepal_length": 5.9, "sepal_width": 3.0, "petal_length": 4.2, "petal_width": 1.5}
@@ -100,6 +102,8 @@ class Run:
     p50_ms: float
     p99_ms: float
     failed: int
+    timeouts: int = 0
+    non_2xx: int = 0
 
     @classmethod
     def parse(cls, name: str, concurrency: int, output: str) -> Run:
@@ -119,6 +123,8 @@ class Run:
             p50_ms=round(data["p50_ms"], 2),
             p99_ms=round(data["p99_ms"], 2),
             failed=failed,
+            timeouts=data["timeouts"],
+            non_2xx=data["status_errors"],
         )
 
 
@@ -458,6 +464,12 @@ def bench_serving(
         registry = MlflowClient(tracking_uri)
         champion = registry.get_model_version_by_alias("iris", "champion").version
         iris_body = {"inputs": [IRIS_ROW]}
+        # Idle replicas' resident memory: a scikit-learn version, a sentence-transformers one.
+        results["memory_mb"] = {
+            "iris replica (scikit-learn)": bench_load.replica_rss_mb(f"iris-v{champion}"),
+            "minilm replica (sentence-transformers)": bench_load.replica_rss_mb("minilm-v1"),
+            "gateway replica": bench_load.replica_rss_mb("modellane", "Gateway"),
+        }
 
         # 3. Gateway versus straight to the same version's application.
         # The same replica settings (batching included) as the version the gateway calls.
@@ -484,6 +496,29 @@ def bench_serving(
             **measure,
         )
         serve.delete("bench-direct-iris")
+
+        # 3b. Overload: 256 connections on iris; beside it, one request after another
+        # measures how fast a refusal comes and what an admitted request waits.
+        iris_url = f"{base}/v1/models/iris/predict"
+        unloaded_until = time.monotonic() + args.seconds / 3
+        unloaded = bench_load.probe(
+            iris_url, iris_body, PREDICT_KEY, lambda: time.monotonic() > unloaded_until
+        )
+        overload, beside = bench_load.probe_during(
+            lambda: wrk(
+                "iris through the gateway, overloaded",
+                iris_url,
+                iris_body,
+                concurrency=256,
+                key=PREDICT_KEY,
+                **measure,
+            ),
+            iris_url,
+            iris_body,
+            PREDICT_KEY,
+        )
+        runs["iris_overload"] = overload
+        results["overload"] = {"unloaded": unloaded.summary(), "beside_256": beside.summary()}
 
         # 4. The peer: MLflow's own server on the same version, same client and concurrency.
         peer_port = free_port()
@@ -532,6 +567,10 @@ def bench_serving(
             600,
             "the shadow to be routable",
         )
+        open_rate = max(1.0, runs["iris_gateway"].rps / 2)
+        shadow_open = bench_load.open_loop(
+            iris_url, iris_body, open_rate, args.seconds, PREDICT_KEY
+        )
         runs["iris_with_shadow"] = wrk(
             "iris with a 100% shadow",
             f"{base}/v1/models/iris/predict",
@@ -543,6 +582,14 @@ def bench_serving(
         registry.delete_registered_model_alias("iris", "shadow")
         admin.post("/admin/reload")
         wait_for(lambda: admin.get("/admin/models/iris").json().get("shadow") is None, 120, "")
+        steady_open = bench_load.open_loop(
+            iris_url, iris_body, open_rate, args.seconds, PREDICT_KEY
+        )
+        results["open_loop"] = {
+            "rate_per_s": round(open_rate, 1),
+            "with_shadow": shadow_open.summary(),
+            "steady": steady_open.summary(),
+        }
         runs["iris_steady"] = wrk(
             "iris steady (no shadow)",
             f"{base}/v1/models/iris/predict",
@@ -659,6 +706,17 @@ def bench_serving(
             encode["sentences_per_s"], encode["sentences_per_s_batch_1"]
         )
     ratios["shadow_p99"] = ratio(runs["iris_with_shadow"].p99_ms, runs["iris_steady"].p99_ms)
+    with_shadow, steady = shadow_open.p99_ms(200), steady_open.p99_ms(200)
+    if with_shadow is not None and steady is not None:
+        ratios["shadow_p99_open_loop"] = ratio(with_shadow, steady)
+    ratios["iris_gateway_p99_ms"] = runs["iris_gateway"].p99_ms
+    ratios["overload_timeouts"] = runs["iris_overload"].timeouts + beside.no_answer
+    ratios["overload_503_p99_ms"] = beside.p99_ms(503)
+    admitted, alone = beside.p99_ms(200), unloaded.p99_ms(200)
+    if admitted is not None and alone:
+        ratios["overload_admitted_p99_vs_unloaded"] = ratio(admitted, alone)
+    iris_rss = results["memory_mb"]["iris replica (scikit-learn)"]
+    ratios["iris_replica_rss_mb"] = max(iris_rss) if iris_rss else None
     ratios["shadow_throughput"] = ratio(runs["iris_with_shadow"].rps, runs["iris_steady"].rps)
     ratios["swap_p99_vs_steady"] = ratio(
         runs["iris_during_swap"].p99_ms, runs["iris_steady"].p99_ms
@@ -672,13 +730,21 @@ def bench_serving(
 
 TARGETS = [
     ("gateway_vs_mlflow_serve", ">=", 2.0, "throughput through the gateway / mlflow models serve"),
+    ("iris_gateway_p99_ms", "<=", 100, "iris p99 (ms) through the gateway, 16 connections"),
     ("gateway_vs_direct", ">=", 0.5, "throughput through the gateway / straight to the version"),
     ("minilm_served_vs_encode", ">=", 0.7, "minilm sentences/s served / model.encode in process"),
-    ("batching_gain", ">=", 3.0, "minilm throughput batched / unbatched"),
-    ("shadow_p99", "<=", 1.15, "champion p99 with a 100% shadow / without"),
+    ("batching_gain", ">=", 2.5, "minilm throughput batched / unbatched"),
+    ("shadow_p99_open_loop", "<=", 1.15,
+     "champion p99 with a 100% shadow / without, open loop at half the saturated rate"),
+    ("shadow_p99", "<=", 1.15, "the same, closed loop at saturation (wrk)"),
+    ("overload_timeouts", "<=", 0, "requests that time out at 256 connections"),
+    ("overload_503_p99_ms", "<=", 100, "p99 (ms) of a 503 under overload"),
+    ("overload_admitted_p99_vs_unloaded", "<=", 3.0,
+     "p99 of admitted requests under overload / unloaded p99"),
+    ("iris_replica_rss_mb", "<=", 250, "resident MB of an idle scikit-learn version replica"),
     ("swap_p99_vs_steady", "<=", 2.0, "p99 during a champion switch / steady"),
     ("log_throughput", ">=", 0.95, "iris throughput with every prediction logged / no log"),
-]
+]  # fmt: skip
 
 
 def _gateway_replicas(admin: httpx.Client) -> set[str]:
