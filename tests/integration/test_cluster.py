@@ -213,9 +213,14 @@ def test_canary_rollout_across_nodes_is_promoted(
         MlflowClient(registry).set_registered_model_alias(MODEL, "challenger", "3")
     result = load.result
     assert not result.failed, result.failed[:3]
-    status = _status(admin)
+    # The load ends once v3 serves; the rollout's outcome is written just after the alias
+    # moves (the registry first), so it is waited for, not read at once.
+    status = wait_for(
+        lambda: (s := _status(admin))["rollout"]["status"] == "promoted" and s,
+        60,
+        "the rollout to be recorded as promoted",
+    )
     assert status["serving_version"] == "3", status
-    assert status["rollout"]["status"] == "promoted", status["rollout"]
     assert result.versions()["3"] > 0
 
 

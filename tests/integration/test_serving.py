@@ -157,9 +157,10 @@ def test_a_text_longer_than_the_model_reads_is_truncated_not_a_500(
     answer it as they answer its first tokens alone."""
     answer = client.post(f"/v1/models/{model}/predict", json={"inputs": [LONG_REVIEW, "ok"]})
     assert answer.status_code == 200, answer.text
-    assert len(answer.json()["outputs"]) == 2
-    # Counted as the model reads it: at most its limit for the long one.
-    assert answer.json()["usage"]["prompt_tokens"] <= (512 if model == "sentiment" else 256) + 3
+    outputs = answer.json()["outputs"]
+    assert len(outputs) == 2
+    alone = client.post(f"/v1/models/{model}/predict", json={"inputs": ["ok"]}).json()
+    assert outputs[1] == alone["outputs"][0]  # the long text changed nothing for the other
 
 
 @pytest.mark.parametrize("number", ["1" + "0" * 400, "-1e400", "1e309"])
@@ -209,8 +210,8 @@ def test_model_exception_is_500_naming_model_and_version_and_replica_stays_up(
 
 def test_loopback_stays_loopback(gateway: str) -> None:
     """The stack is started with ``http_options.host: 127.0.0.1`` (as serve_config.yaml
-    has it): the gateway's port, and the gateway replicas' own HTTP and gRPC ports (direct
-    ingress, where Ray's request-path options are on), listen on loopback only. Where
+    has it): the gateway's port, and the gateway replicas' own HTTP ports (direct ingress,
+    where Ray's request-path options are on), listen on loopback only. Where
     HAProxy is on, the only ports it opens on every interface are its stats page and its
     Prometheus exporter, which Ray binds so regardless (docs/security.md names them)."""
     import psutil
@@ -224,12 +225,10 @@ def test_loopback_stays_loopback(gateway: str) -> None:
 
     gateway_pids = {int(r["pid"]) for r in running_replicas("modellane", "Gateway")}
     assert gateway_pids
-    ingress_ports = (range(30000, 31000), range(40000, 41000))  # Ray's defaults, HTTP, gRPC
-    direct = [
-        c
-        for c in listening
-        if c.pid in gateway_pids and any(c.laddr.port in ports for ports in ingress_ports)
-    ]
+    # Each gateway replica's own HTTP server (direct ingress, Ray's ports 30000 to 30999).
+    # Not checked: the inter-deployment gRPC server Ray starts in every replica on "[::]:0"
+    # with the options on, and Ray's own worker ports (docs/security.md names them).
+    direct = [c for c in listening if c.pid in gateway_pids and 30000 <= c.laddr.port < 31000]
     assert {c.laddr.ip for c in direct} <= {"127.0.0.1"}, direct
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
         assert direct  # each gateway replica serves HTTP itself, behind HAProxy
