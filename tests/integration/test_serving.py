@@ -160,7 +160,12 @@ def test_a_text_longer_than_the_model_reads_is_truncated_not_a_500(
     outputs = answer.json()["outputs"]
     assert len(outputs) == 2
     alone = client.post(f"/v1/models/{model}/predict", json={"inputs": ["ok"]}).json()
-    assert outputs[1] == alone["outputs"][0]  # the long text changed nothing for the other
+    # The long text changed nothing for the other (padded beside it: equal to float noise).
+    if model == "minilm":
+        np.testing.assert_allclose(outputs[1], alone["outputs"][0], atol=1e-4)
+    else:
+        assert outputs[1]["label"] == alone["outputs"][0]["label"]
+        assert outputs[1]["score"] == pytest.approx(alone["outputs"][0]["score"], abs=1e-4)
 
 
 @pytest.mark.parametrize("number", ["1" + "0" * 400, "-1e400", "1e309"])
