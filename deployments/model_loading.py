@@ -48,7 +48,9 @@ class _Hidden(importlib.abc.MetaPathFinder):
 def hidden(*names: str) -> Iterator[None]:
     """Within the block, importing any of ``names`` fails as if it were not installed.
 
-    A module already imported stays usable (this only stops new imports).
+    A module already imported stays usable (this only stops new imports). The finder is
+    process-wide, so another thread's import of ``names`` fails too for that moment: it is
+    used once, in a model server's constructor, before the replica takes requests.
     """
     finder = _Hidden(names)
     sys.meta_path.insert(0, finder)
