@@ -218,7 +218,7 @@ class RequestGuard:
 
     @staticmethod
     def _binary_to_json(body: bytes, header_length: bytes) -> bytes:
-        from app.serving.oip import decode_binary_body
+        from app.serving.oip_binary import decode_binary_body
 
         try:
             length = int(header_length)

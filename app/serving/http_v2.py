@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from app import constants
 from app.control.routing import Target
 from app.schemas import PredictResponse
-from app.serving import oip
+from app.serving import oip, oip_binary
 from app.serving.dataplane import DataPlane
 from app.serving.errors import error_body, oip_error_body
 from app.serving.guard import check_batch
@@ -188,8 +188,8 @@ def _answer(body: oip.InferenceRequest, result: PredictResponse, target: Target)
     response = oip.InferenceResponse(
         model_name=target.model, model_version=target.version, id=body.id, outputs=outputs
     )
-    binary = oip.wanted_binary_outputs(body, [o.name for o in outputs])
-    payload, header_length = oip.encode_response(response, binary)
+    binary = oip_binary.wanted_binary_outputs(body, [o.name for o in outputs])
+    payload, header_length = oip_binary.encode_response(response, binary)
     headers = {
         constants.HEADER_MODEL_VERSION: target.version,
         constants.HEADER_MODEL_ROLE: target.role,

@@ -1,10 +1,10 @@
 """Codec of the Open Inference Protocol v2 (KServe v2 / Triton HTTP/REST); no I/O.
 
-The gateway's HTTP layer parses a request with :func:`decode_binary_body` (binary
-tensor data extension) and :class:`InferenceRequest`, turns its tensors into the
-column dict model servers take with :func:`tensors_to_columns`, and turns the model's
-outputs (one item per row) back into tensors with :func:`outputs_to_tensors` and
-:func:`encode_response`. Every rejection of client data is an
+The gateway's HTTP layer parses a request as :class:`InferenceRequest`, turns its
+tensors into the column dict model servers take with :func:`tensors_to_columns`, and
+turns the model's outputs (one item per row) back into tensors with
+:func:`outputs_to_tensors`. The binary tensor data extension (raw bytes after a JSON
+header, both ways) is :mod:`app.serving.oip_binary`. Every rejection of client data is an
 :class:`~app.serving.errors.InvalidInput` (422) naming the field, or a
 :class:`~app.serving.errors.BadRequest` (400) for a body that cannot be framed at all.
 """
@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from app.serving.errors import BadRequest, InvalidInput
+from app.serving.errors import InvalidInput
 from app.serving.validation import TEXT_INPUT_NAME
 
 #: Name of the one output tensor when each output row is a scalar or a list.
 PREDICTIONS_OUTPUT = "predictions"
-#: HTTP header that carries the JSON header's length in a binary body.
-HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
 
 #: Supported datatypes and their numpy little-endian dtypes (BYTES has none).
 DATATYPES: dict[str, str | None] = {
@@ -194,81 +191,7 @@ class ServerMetadata(BaseModel):
     extensions: list[str] = Field(..., description="Protocol extensions supported.")
 
 
-# -- binary tensor data extension: requests -----------------------------------------------
-
-
-def decode_binary_body(body: bytes, header_length: int) -> dict[str, Any]:
-    """Split a binary request body into its JSON header and tensors; return the request.
-
-    The result is the JSON header with each binary input's ``data`` filled in as a
-    flat list and ``binary_data_size`` removed from its parameters. Floats keep NaN
-    and infinities as they came.
-
-    Raises:
-        BadRequest: the header length is out of range, the header is not a JSON object,
-            or bytes are left over after the inputs' binary data.
-        InvalidInput: an input's binary data does not fit its datatype or shape.
-    """
-    if isinstance(header_length, bool) or not 0 <= header_length <= len(body):
-        raise BadRequest(
-            f"{HEADER_LENGTH_HEADER} is {header_length} but the body has {len(body)} bytes",
-            field=HEADER_LENGTH_HEADER,
-        )
-    try:
-        header = json.loads(body[:header_length])
-    except (ValueError, RecursionError) as exc:
-        raise BadRequest(f"the inference header is not valid JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise BadRequest("the inference header must be a JSON object")
-    inputs = header.get("inputs")
-    if not isinstance(inputs, list):
-        raise InvalidInput("inputs must be a list of tensors", field="inputs")
-
-    offset = header_length
-    decoded: list[Any] = []
-    for i, item in enumerate(inputs):
-        params = item.get("parameters") if isinstance(item, dict) else None
-        if not isinstance(params, dict) or "binary_data_size" not in params:
-            decoded.append(item)
-            continue
-        assert isinstance(item, dict)
-        where = f"inputs[{i}]"
-        size = params["binary_data_size"]
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise InvalidInput(
-                f"binary_data_size must be a non-negative integer, got {size!r:.40}",
-                field=f"{where}.parameters.binary_data_size",
-            )
-        if item.get("data") is not None:
-            raise InvalidInput(
-                "an input with binary_data_size must not also have data", field=f"{where}.data"
-            )
-        datatype = _check_datatype(item.get("datatype"), f"{where}.datatype")
-        count = _element_count(item.get("shape"), f"{where}.shape")
-        if offset + size > len(body):
-            raise InvalidInput(
-                f"binary_data_size {size} runs past the end of the body: "
-                f"{len(body) - offset} bytes are left",
-                field=f"{where}.parameters.binary_data_size",
-            )
-        raw = body[offset : offset + size]
-        offset += size
-        values = _decode_tensor(raw, datatype, count, f"{where}.data")
-        new_item = dict(item)
-        rest = {k: v for k, v in params.items() if k != "binary_data_size"}
-        if rest:
-            new_item["parameters"] = rest
-        else:
-            new_item.pop("parameters")
-        new_item["data"] = values
-        decoded.append(new_item)
-
-    if offset != len(body):
-        raise BadRequest(f"{len(body) - offset} bytes are left over after the inputs' binary data")
-    return {**header, "inputs": decoded}
-
-
-def _check_datatype(datatype: Any, field: str) -> str:
+def check_datatype(datatype: Any, field: str) -> str:
     if datatype == "BF16":
         raise InvalidInput("datatype BF16 is not supported; send FP32", field=field)
     if not isinstance(datatype, str) or datatype not in DATATYPES:
@@ -276,74 +199,6 @@ def _check_datatype(datatype: Any, field: str) -> str:
             f"unknown datatype {datatype!r:.40}; expected one of {list(DATATYPES)}", field=field
         )
     return datatype
-
-
-def _element_count(shape: Any, field: str) -> int:
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise InvalidInput("shape must be a list of non-negative integers", field=field)
-    return math.prod(shape)
-
-
-def _decode_tensor(raw: bytes, datatype: str, count: int, field: str) -> list[Any]:
-    if datatype == "BYTES":
-        values = _decode_bytes(raw, field)
-        if len(values) != count:
-            raise InvalidInput(
-                f"binary data holds {len(values)} BYTES elements but the shape needs {count}",
-                field=field,
-            )
-        return values
-    dtype = np.dtype(DATATYPES[datatype])
-    if len(raw) % dtype.itemsize:
-        raise InvalidInput(
-            f"{len(raw)} bytes of binary data is not a multiple of the {datatype} element "
-            f"size ({dtype.itemsize} bytes)",
-            field=field,
-        )
-    if len(raw) // dtype.itemsize != count:
-        raise InvalidInput(
-            f"binary data holds {len(raw) // dtype.itemsize} {datatype} elements but the "
-            f"shape needs {count}",
-            field=field,
-        )
-    if datatype == "BOOL":
-        octets = np.frombuffer(raw, dtype=np.uint8)
-        bad = np.flatnonzero(octets > 1)
-        if bad.size:
-            raise InvalidInput(
-                f"a BOOL element must be the byte 0 or 1, got {int(octets[bad[0]])}",
-                field=f"{field}[{int(bad[0])}]",
-            )
-    decoded: list[Any] = np.frombuffer(raw, dtype=dtype).tolist()
-    return decoded
-
-
-def _decode_bytes(raw: bytes, field: str) -> list[Any]:
-    values: list[Any] = []
-    pos = 0
-    while pos < len(raw):
-        j = len(values)
-        if pos + 4 > len(raw):
-            raise InvalidInput(
-                f"BYTES element {j} has a truncated 4-byte length prefix", field=field
-            )
-        (length,) = struct.unpack_from("<I", raw, pos)
-        pos += 4
-        if pos + length > len(raw):
-            raise InvalidInput(
-                f"BYTES element {j} says {length} bytes but only {len(raw) - pos} are left",
-                field=field,
-            )
-        try:
-            values.append(raw[pos : pos + length].decode("utf-8"))
-        except UnicodeDecodeError:
-            raise InvalidInput(
-                f"BYTES element {j} is not valid UTF-8", field=f"{field}[{j}]"
-            ) from None
-        pos += length
-    return values
 
 
 # -- tensors -> columns -----------------------------------------------------------------
@@ -361,10 +216,10 @@ def tensors_to_columns(request: InferenceRequest) -> dict[str, list[Any]]:
         where = f"inputs[{i}]"
         if tensor.name in columns:
             raise InvalidInput(f"input {tensor.name!r} appears twice", field=f"{where}.name")
-        datatype = _check_datatype(tensor.datatype, f"{where}.datatype")
+        datatype = check_datatype(tensor.datatype, f"{where}.datatype")
         if tensor.data is None:
             raise InvalidInput(f"input {tensor.name!r} has no data", field=f"{where}.data")
-        values = _flatten(tensor.data)
+        values = flatten(tensor.data)
         needed = math.prod(tensor.shape)
         if len(values) != needed:
             raise InvalidInput(
@@ -393,7 +248,7 @@ def tensors_to_columns(request: InferenceRequest) -> dict[str, list[Any]]:
     return columns
 
 
-def _flatten(data: list[Any]) -> list[Any]:
+def flatten(data: list[Any]) -> list[Any]:
     flat: list[Any] = []
     stack = [iter(data)]
     while stack:
@@ -481,7 +336,7 @@ def _all_tensors(outputs: list[Any]) -> list[ResponseOutput]:
                     name=PREDICTIONS_OUTPUT,
                     shape=[n, *inner],
                     datatype="FP32",
-                    data=[float(x) for x in _flatten(outputs)],
+                    data=[float(x) for x in flatten(outputs)],
                 )
             ]
     elif all(isinstance(v, dict) for v in outputs):
@@ -524,10 +379,10 @@ def _scalar_tensor(name: str, values: list[Any]) -> ResponseOutput:
             return ResponseOutput(name=name, shape=[n], datatype="INT64", data=list(values))
         data = [None if v is None or not math.isfinite(v) else float(v) for v in values]
         return ResponseOutput(name=name, shape=[n], datatype="FP64", data=data)
-    return ResponseOutput(name=name, shape=[n], datatype="BYTES", data=[_text(v) for v in values])
+    return ResponseOutput(name=name, shape=[n], datatype="BYTES", data=[as_text(v) for v in values])
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list | dict):
@@ -539,73 +394,6 @@ def _json_tensor(name: str, values: list[Any]) -> ResponseOutput:
     return ResponseOutput(
         name=name, shape=[len(values)], datatype="BYTES", data=[json.dumps(v) for v in values]
     )
-
-
-# -- responses --------------------------------------------------------------------------
-
-
-def wanted_binary_outputs(request: InferenceRequest, names: list[str]) -> set[str]:
-    """Names of the output tensors the client wants as binary data."""
-    wanted: set[str] = set()
-    if (request.parameters or {}).get("binary_data_output") is True:
-        wanted.update(names)
-    for out in request.outputs or []:
-        flag = (out.parameters or {}).get("binary_data")
-        if flag is True and out.name in names:
-            wanted.add(out.name)
-        elif flag is False:
-            wanted.discard(out.name)
-    return wanted
-
-
-def encode_response(response: InferenceResponse, binary: set[str]) -> tuple[bytes, int | None]:
-    """Serialise a response; return the body and, when it has binary data, the header length.
-
-    The outputs named in ``binary`` go as raw little-endian bytes after the JSON header,
-    in output order, with ``parameters.binary_data_size`` saying how many.
-    """
-    header = response.model_dump(exclude_none=True, exclude={"outputs"})
-    blobs: list[bytes] = []
-    outputs: list[dict[str, Any]] = []
-    for out in response.outputs:
-        item = out.model_dump(exclude_none=True, exclude={"data"})
-        if out.name in binary:
-            blob = _encode_tensor(out)
-            item["parameters"] = {**(out.parameters or {}), "binary_data_size": len(blob)}
-            blobs.append(blob)
-        elif out.data is not None:
-            item["data"] = [_json_safe(v) for v in out.data]
-        outputs.append(item)
-    header["outputs"] = outputs
-    text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
-    if not binary:
-        return text, None
-    return text + b"".join(blobs), len(text)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _encode_tensor(out: ResponseOutput) -> bytes:
-    values = _flatten(out.data or [])
-    if out.datatype == "BYTES":
-        parts: list[bytes] = []
-        for v in values:
-            raw = v if isinstance(v, bytes) else _text(v).encode("utf-8", errors="replace")
-            parts.append(struct.pack("<I", len(raw)))
-            parts.append(raw)
-        return b"".join(parts)
-    code = DATATYPES.get(out.datatype)
-    if code is None:
-        raise ValueError(f"output {out.name!r}: cannot encode datatype {out.datatype!r}")
-    if out.datatype.startswith("FP"):
-        values = [math.nan if v is None else v for v in values]
-    return np.asarray(values, dtype=np.dtype(code)).tobytes()
 
 
 # -- metadata ---------------------------------------------------------------------------

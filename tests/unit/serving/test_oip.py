@@ -26,14 +26,12 @@ from app.serving.oip import (
     ResponseOutput,
     ServerMetadata,
     TensorMetadata,
-    decode_binary_body,
-    encode_response,
     input_metadata,
     output_metadata,
     outputs_to_tensors,
     tensors_to_columns,
-    wanted_binary_outputs,
 )
+from app.serving.oip_binary import decode_binary_body, encode_response, wanted_binary_outputs
 
 IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
