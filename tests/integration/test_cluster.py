@@ -315,9 +315,10 @@ def test_whole_stack_restart_brings_back_versions_weights_and_rollout(
         every_s=1,
     )
     after = wait_for(
-        lambda: (s := _status(admin))["challenger"] and s["rollout"] and s,
+        # The routing table comes back in stages: wait for the champion too.
+        lambda: (s := _status(admin))["challenger"] and s["rollout"] and s["serving_version"] and s,
         300,
-        "the challenger back",
+        "the champion and the challenger back",
     )
     restart_s = time.monotonic() - started
     result = Load(f"{gateway}/v1/models/{MODEL}/predict", ROWS, min_requests=60).run()
