@@ -51,10 +51,15 @@ TAG_ROLLOUT_RESULT = "modellane.rollout_result"  # on a version: promoted / roll
 TAG_FAILED_GATE = "modellane.failed_gate"  # on a version: the gate and figures that failed
 TAG_ROLLOUT_POLICY = "modellane.rollout_policy"  # on a challenger: its own policy (JSON)
 TAG_SHADOW_FRACTION = "modellane.shadow_fraction"  # on a shadow: its own share of requests
+TAG_SERVE = "modellane.serve"  # on a model: "true" has it discovered and served
 TAG_QUALITY_RUN = "modellane.quality_run"  # on a version: the MLflow run of its live quality
 
 DEFAULT_ROUTING_KEY_HEADER = "X-Routing-Key"
 ROLLOUT_TICK_S = 1.0
+#: Threads of the watcher's blocking work (registry calls, ``serve.run`` waits, log reads).
+#: Ray sizes a replica's pool from its num_cpus (0.05: five threads); a few deploys that
+#: wait minutes for health would then hold a rollback's registry write in the queue.
+WATCHER_THREADS = 32
 STATS_REPORT_S = 1.0
 
 # Response headers

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ray import serve
@@ -41,6 +42,12 @@ from deployments.serve_port import RayControlMetrics, RayServe
 class RegistryWatcher:
     async def __init__(self, args: dict[str, Any]) -> None:  # type: ignore[misc]
         self._args = AppArgs.model_validate(args)
+        loop = asyncio.get_running_loop()
+        # Every blocking call runs in the loop's default pool (asyncio.to_thread); Ray's
+        # own is sized from num_cpus, far too small for deploys that wait for health.
+        loop.set_default_executor(
+            ThreadPoolExecutor(constants.WATCHER_THREADS, thread_name_prefix="watcher")
+        )
         start_log_flusher()  # access log lines reach the log within seconds
         for key, value in constants.REGISTRY_HTTP_ENV.items():
             os.environ.setdefault(key, value)
@@ -53,7 +60,6 @@ class RegistryWatcher:
             RayControlMetrics(),
             quality=_quality_monitor(self._args),
         )
-        loop = asyncio.get_running_loop()
         self._loop_task = loop.create_task(
             self._parts.reconcile_forever(self._args.poll_interval_s)
         )

@@ -5,10 +5,11 @@ them the live figures, acts on their decisions, and mirrors every rollout into i
 challenger's registry tags (``modellane.rollout``, ``modellane.weight``) so a restarted
 watcher resumes where it stopped.
 
-A promotion writes the registry more than once (move ``champion``, take ``challenger``
-away, the result tags). Between those writes a reconcile pass may see the challenger
-role gone; :meth:`RolloutDriver.role_removed` knows a promotion is under way and leaves
-its outcome to it, so a promoted rollout is never recorded as aborted.
+A promotion or a rollback writes the registry more than once (move ``champion``, take
+``challenger`` away, the result tags). Between those writes a reconcile pass may see
+the challenger role gone; :meth:`RolloutDriver.role_removed` knows the rollout is ending
+and leaves its outcome to the code writing it, so a promoted or rolled-back rollout is
+never recorded as aborted, and no tick decides a second time meanwhile.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ class RolloutDriver:
         self._ctx = ctx
         #: labelled predictions for quality gates; MLflow write-back at each decision
         self._quality = quality
-        #: model -> the version whose promotion is being written to the registry
-        self._promoting: dict[str, str] = {}
+        #: model -> the version whose promotion or rollback is being written to the registry
+        self._ending: dict[str, str] = {}
 
     # -- start and stop ----------------------------------------------------------------
 
@@ -92,8 +93,8 @@ class RolloutDriver:
         rollout = memory.rollouts.get(name)
         if rollout is None or rollout.status not in _IN_PROGRESS:
             return
-        if self._promoting.get(name) == rollout.version:
-            return  # the promotion being written records the outcome
+        if self._ending.get(name) == rollout.version:
+            return  # the promotion or rollback being written records the outcome
         champion = memory.desired(name, constants.ROLE_CHAMPION)
         if champion is not None and champion.version == rollout.version:
             outcome, reason = rollout_mod.PROMOTED, "became champion outside the rollout"
@@ -113,7 +114,7 @@ class RolloutDriver:
 
     def set_gauges(self) -> None:
         # Ray exports a gauge only while it is being set: set every tick.
-        for name in self._ctx.memory.args.models:
+        for name in list(self._ctx.memory.states):
             rollout = self._ctx.memory.rollouts.get(name)
             running = rollout is not None and rollout.status in _IN_PROGRESS
             version = rollout.version if rollout is not None else ""
@@ -129,7 +130,7 @@ class RolloutDriver:
             return
         if state.challenger.version != rollout.version or state.champion is None:
             return
-        if name in self._promoting:
+        if name in self._ending:
             return
         now = memory.clock.time()
         champion = memory.arm_total(name, state.champion.version)
@@ -174,7 +175,7 @@ class RolloutDriver:
         challenger = state.challenger
         champion_source = state.champion.source if state.champion else None
         message = f"promoted v{rollout.version}: {decision.reason} ({gate_text(decision.gates)})"
-        self._promoting[name] = rollout.version
+        self._ending[name] = rollout.version
         try:
             try:
                 await self._ctx.registry.promote(name, rollout.version, champion_source)
@@ -198,7 +199,7 @@ class RolloutDriver:
             )
             memory.events.add(ev.PROMOTE, name, rollout.version, message)
         finally:
-            self._promoting.pop(name, None)
+            self._ending.pop(name, None)
         await self.save(name)
         self._ctx.wake()
 
@@ -214,22 +215,26 @@ class RolloutDriver:
         state = memory.states[name]
         state.weight = 0.0  # at once, before anything is written anywhere
         self._ctx.publisher.publish()
-        if state.challenger is not None:
-            await self._ctx.outbox.remove_role(
-                name, constants.ROLE_CHALLENGER, rollout.version, state.challenger.source
-            )
-        failed = [g for g in gates if not g.passed]
-        message = f"rolled back v{rollout.version}: {reason}"
-        tags = {constants.TAG_ROLLOUT_RESULT: message[:5000], constants.TAG_WEIGHT: "0"}
-        if failed:
-            tags[constants.TAG_FAILED_GATE] = json.dumps(
-                [g.model_dump() for g in failed], default=str
-            )[:5000]
-        await self._ctx.outbox.tag_version(name, rollout.version, tags)
-        # The outcome shows last, once the registry says the same.
-        memory.rollouts[name] = rollout_mod.finish(rollout, status, reason, gates)
-        memory.events.add(ev.ROLLBACK, name, rollout.version, message)
-        memory.metrics.rollback(name, rollout.version)
+        self._ending[name] = rollout.version
+        try:
+            if state.challenger is not None:
+                await self._ctx.outbox.remove_role(
+                    name, constants.ROLE_CHALLENGER, rollout.version, state.challenger.source
+                )
+            failed = [g for g in gates if not g.passed]
+            message = f"rolled back v{rollout.version}: {reason}"
+            tags = {constants.TAG_ROLLOUT_RESULT: message[:5000], constants.TAG_WEIGHT: "0"}
+            if failed:
+                tags[constants.TAG_FAILED_GATE] = json.dumps(
+                    [g.model_dump() for g in failed], default=str
+                )[:5000]
+            await self._ctx.outbox.tag_version(name, rollout.version, tags)
+            # The outcome shows last, once the registry says the same.
+            memory.rollouts[name] = rollout_mod.finish(rollout, status, reason, gates)
+            memory.events.add(ev.ROLLBACK, name, rollout.version, message)
+            memory.metrics.rollback(name, rollout.version)
+        finally:
+            self._ending.pop(name, None)
         await self.save(name)
         self._ctx.wake()
 
@@ -289,8 +294,10 @@ class RolloutDriver:
         policy = memory.policy(name)
         if rollout is None or policy is None or rollout.status not in _IN_PROGRESS:
             raise Conflict(f"model {name!r} has no rollout in progress", model=name)
-        if name in self._promoting:
-            raise Conflict(f"the rollout of {name!r} is being promoted", model=name)
+        if name in self._ending:
+            raise Conflict(
+                f"the rollout of {name!r} is ending (being promoted or rolled back)", model=name
+            )
         if action == "pause":
             memory.rollouts[name] = rollout.model_copy(update={"status": rollout_mod.PAUSED})
         elif action == "resume":

@@ -13,6 +13,7 @@ import pytest
 from mlflow import MlflowClient
 from ray import serve
 
+from app import constants
 from tests.helpers import wait_for
 from tests.integration.conftest import (
     SERVED_MODELS,
@@ -122,7 +123,10 @@ def test_rollback_by_admin_api_under_load(
     )
     with load:
         wait_for(lambda: load.done() >= 300, 60, "load to warm up")
-        answer = client.post("/admin/models/swapper/rollback")
+        # The watcher answers within its own wait for the switch, whatever the load.
+        answer = client.post(
+            "/admin/models/swapper/rollback", timeout=constants.DEFAULT_ROLLBACK_WAIT_S + 30
+        )
         assert answer.status_code == 200, answer.text
         holder.update(answer.json())
         holder["at"] = _find(client, "swapper", since, "switch", "1")["time"]

@@ -1,6 +1,7 @@
 """app/control/rollout_driver.py over fakes: a rollout's steps, promotion and rollback, with a
-reconcile pass run between every pair of a promotion's registry writes and each write
-failed in turn: a promoted rollout is never recorded as aborted."""
+reconcile pass run between every pair of a promotion's (or a rollback's) registry writes
+and each write failed in turn: a promoted or rolled-back rollout is never recorded as
+aborted."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ POLICY = {"steps": [50, 100], "step_interval_s": 10, "min_requests": 5}
 #: The registry writes of a promotion: move champion, take challenger away, the result
 #: tag, then the saved rollout (status and weight).
 PROMOTION_WRITES = 5
+#: The registry writes of a rollback: take challenger away, the result tags, the saved rollout.
+ROLLBACK_WRITES = 3
 
 
 async def _with_challenger(*versions: str) -> Stack:
@@ -168,6 +171,36 @@ async def test_a_failing_challenger_is_rolled_back_its_weight_zero_at_once() -> 
     await stack.reconcile()
     assert stack.serving("iris", "challenger") is None
     assert stack.serving("iris") == "1"
+
+
+@pytest.mark.parametrize("before", range(ROLLBACK_WRITES))
+@async_test
+async def test_a_reconcile_between_rollback_writes_still_records_rolled_back(before: int) -> None:
+    """The pass sees the challenger alias gone while the rollback is still writing: the
+    rollout is never "aborted", and no tick decides a second time meanwhile."""
+    stack = await _with_challenger()
+    stack.report("iris", {"1": arm(100), "2": arm(20, errors=10)})
+    seen: list[str] = []
+    statuses: list[str] = []
+
+    async def reconcile_and_tick_before_one_write(operation: str) -> None:
+        seen.append(operation)
+        if len(seen) == before + 1:
+            await stack.parts.reconciler.run_pass()
+            await stack.parts.rollouts.tick_all()
+            statuses.append(stack.parts.memory.rollouts["iris"].status)
+
+    stack.registry.before_write = reconcile_and_tick_before_one_write
+    await stack.parts.rollouts.tick_all()
+    stack.registry.before_write = None
+    assert seen[:ROLLBACK_WRITES] == ["remove_role", "tag_version", "tag_version"]
+    assert statuses in (["running"], ["rolled_back"])  # never "aborted", not even for a moment
+    assert len(stack.events(ev.ROLLBACK)) == 1  # one decision, one rollback
+    await stack.reconcile()
+    rollout = stack.parts.memory.rollouts["iris"]
+    assert rollout.status == "rolled_back" and "error_rate" in (rollout.reason or ""), rollout
+    assert stack.serving("iris", "challenger") is None and stack.serving("iris") == "1"
+    assert not [e for e in stack.events() if "aborted" in e]
 
 
 @async_test
