@@ -9,13 +9,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import sys
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
 
+import app
 from app import constants
 
 # Exit codes: what a script may rely on.
@@ -29,9 +33,25 @@ EXIT_INTERRUPTED = 130  # Ctrl-C while following: the change itself goes on
 
 ENV_GATEWAY = "MODELLANE_GATEWAY"
 ENV_API_KEY = "MODELLANE_API_KEY"
+ENV_CONFIG_HOME = "XDG_CONFIG_HOME"
 DEFAULT_GATEWAY = "http://127.0.0.1:8000"
 #: Where scripts/up.sh keeps the local admin key, relative to the repository root.
 LOCAL_KEY_FILE = Path(".run") / "admin.key"
+#: The modellane checkout the CLI is installed from (``pip install -e .``, as
+#: scripts/install.sh does): scripts/up.sh wrote its ``LOCAL_KEY_FILE``.
+CHECKOUT = Path(app.__file__).resolve().parents[1]
+#: The user's config file, under ``$XDG_CONFIG_HOME`` (default ``~/.config``).
+CONFIG_FILE = Path("modellane") / "config.toml"
+
+KEY_HELP = (
+    "An admin API key. Default: the first found of .run/admin.key in the current directory, "
+    "admin_key or admin_key_file in $XDG_CONFIG_HOME/modellane/config.toml "
+    "(~/.config/modellane/config.toml), and the .run/admin.key of the modellane checkout "
+    "this CLI runs from (where scripts/up.sh writes it); stderr says which was used."
+)
+GATEWAY_HELP = (
+    f"The gateway's base URL. Default: gateway in config.toml (see --key), else {DEFAULT_GATEWAY}."
+)
 
 _KEY_HINT = (
     "pass an admin API key with --key or $MODELLANE_API_KEY "
@@ -49,17 +69,181 @@ class CliError(Exception):
         self.hint = hint
 
 
-def resolve_key(explicit: str | None, cwd: Path | None = None) -> str | None:
-    """The API key to send: ``--key`` / ``$MODELLANE_API_KEY`` (``explicit``), else the
-    local admin key ``.run/admin.key`` in the current directory, else none."""
-    if explicit:
-        return explicit.strip()
-    path = (cwd or Path.cwd()) / LOCAL_KEY_FILE
+# -- where the admin key and the gateway's URL come from ------------------------------------
+
+
+class UserConfig(BaseModel):
+    """``config.toml``: this user's defaults for the CLI; every key is optional."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    admin_key: StrictStr | None = Field(None, description="An admin API key.")
+    admin_key_file: StrictStr | None = Field(
+        None,
+        description="A file holding an admin API key; ``~`` expands, and a relative path is "
+        "relative to the folder of config.toml.",
+    )
+    gateway: StrictStr | None = Field(None, description="The gateway's base URL.")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> UserConfig:
+        if self.admin_key is not None and self.admin_key_file is not None:
+            raise ValueError("set admin_key or admin_key_file, not both")
+        return self
+
+
+@dataclass(frozen=True)
+class FoundKey:
+    """The admin key to send, where it came from and where it was looked for."""
+
+    key: str | None = field(repr=False)
+    #: The file it was read from; None when given with --key / $MODELLANE_API_KEY, or none.
+    source: str | None = None
+    #: Every place looked, in order.
+    looked: tuple[str, ...] = ()
+
+    @property
+    def hint(self) -> str:
+        """What to do when the gateway refuses it (401, 403)."""
+        if self.key is None:
+            return (
+                f"no admin key was given or found; looked at: {', '.join(self.looked)}. "
+                f"{_KEY_HINT}, or set admin_key (or admin_key_file) in config.toml"
+            )
+        if self.source is not None:
+            return f"the admin key from {self.source} was refused; {_KEY_HINT}"
+        return _KEY_HINT
+
+
+def config_file(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CONFIG_HOME/modellane/config.toml``; a relative ``$XDG_CONFIG_HOME`` is
+    ignored, as the XDG spec says."""
+    home = (os.environ if environ is None else environ).get(ENV_CONFIG_HOME, "")
+    base = Path(home) if Path(home).is_absolute() else Path.home() / ".config"
+    return base / CONFIG_FILE
+
+
+def _read_text(path: Path, what: str, hint: str) -> str | None:
+    """The text of ``path``; None if there is no such file. A file that is there but
+    cannot be read is an error, never taken as no file."""
     try:
-        key = path.read_text().strip()
-    except OSError:
+        return path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    return key or None
+    except OSError as exc:
+        raise CliError(
+            f"cannot read {what} {path}: {exc.strerror or exc}", EXIT_USAGE, hint
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{what} {path} is not UTF-8 text: {exc}", EXIT_USAGE, hint) from exc
+
+
+def _read_key_file(path: Path) -> str | None:
+    hint = f"write an admin key into it (scripts/up.sh writes .run/admin.key), or {_KEY_HINT}"
+    text = _read_text(path, "the admin key file", hint)
+    if text is None:
+        return None
+    key = text.strip()
+    if not key:
+        raise CliError(f"the admin key file {path} is empty", EXIT_USAGE, hint)
+    return key
+
+
+def read_config(path: Path) -> UserConfig | None:
+    """The user's ``config.toml``; None if there is none, :class:`CliError` (2) if it is
+    not valid TOML or not a modellane config."""
+    hint = f"fix or remove {path}; its keys: {', '.join(UserConfig.model_fields)}"
+    text = _read_text(path, "the config file", hint)
+    if text is None:
+        return None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CliError(
+            f"the config file {path} is not valid TOML: {exc}", EXIT_USAGE, hint
+        ) from exc
+    try:
+        return UserConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise CliError(
+            f"the config file {path} is not a modellane config: {problems}", EXIT_USAGE, hint
+        ) from exc
+
+
+def find_key(
+    explicit: str | None,
+    *,
+    cwd: Path | None = None,
+    checkout: Path | None = None,
+    config: Path | None = None,
+) -> FoundKey:
+    """The admin key to send, from the first of: ``explicit`` (``--key`` or
+    ``$MODELLANE_API_KEY``); ``.run/admin.key`` in ``cwd``; ``admin_key`` or
+    ``admin_key_file`` in the user's ``config`` file (default :func:`config_file`);
+    ``.run/admin.key`` of ``checkout`` (default :data:`CHECKOUT`), where scripts/up.sh
+    wrote it. A file that is there but unreadable, empty or invalid is a
+    :class:`CliError` naming it."""
+    if explicit and explicit.strip():
+        return FoundKey(explicit.strip())
+    looked = ["--key", f"${ENV_API_KEY}"]
+    here = (cwd or Path.cwd()).absolute() / LOCAL_KEY_FILE
+    up = (checkout or CHECKOUT) / LOCAL_KEY_FILE
+    looked.append(str(here))
+    key = _read_key_file(here)
+    if key is not None:
+        return FoundKey(key, str(here), tuple(looked))
+    # The user's own config comes before the checkout's development key: a config that
+    # names another gateway must never be sent the local key.
+    config = config or config_file()
+    looked.append(str(config))
+    found = read_config(config)
+    if found is not None and found.admin_key is not None:
+        if not found.admin_key.strip():
+            raise CliError(f"admin_key in the config file {config} is empty", EXIT_USAGE, _KEY_HINT)
+        return FoundKey(found.admin_key.strip(), f"{config} (admin_key)", tuple(looked))
+    if found is not None and found.admin_key_file is not None:
+        path = config.parent / Path(found.admin_key_file).expanduser()
+        key = _read_key_file(path)
+        if key is None:
+            raise CliError(
+                f"admin_key_file in the config file {config} names {path}, which does not exist",
+                EXIT_USAGE,
+                f"fix admin_key_file in {config}, or {_KEY_HINT}",
+            )
+        return FoundKey(key, f"{path} (admin_key_file in {config})", tuple(looked))
+    if up != here:
+        looked.append(str(up))
+        key = _read_key_file(up)
+        if key is not None:
+            return FoundKey(key, str(up), tuple(looked))
+    return FoundKey(None, None, tuple(looked))
+
+
+def resolve_key(explicit: str | None, cwd: Path | None = None) -> str | None:
+    """The admin key :func:`find_key` finds (None if none)."""
+    return find_key(explicit, cwd=cwd).key
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+
+
+def gateway_for(url: str | None, key: str | None, say: Callable[[str], None] = _say) -> Gateway:
+    """The gateway client for a command: ``url`` (``--gateway``) else ``gateway`` in the
+    user's config.toml else :data:`DEFAULT_GATEWAY`, with the key :func:`find_key` finds.
+    Says (on stderr) which file the key or the URL came from, never the key itself."""
+    found = find_key(key)
+    if found.source is not None:
+        say(f"using the admin key from {found.source}")
+    if not url:
+        config = config_file()
+        url = (read_config(config) or UserConfig()).gateway
+        if url:
+            say(f"using the gateway {url} from {config}")
+    return Gateway(url or DEFAULT_GATEWAY, found.key, key_hint=found.hint)
 
 
 def _error_message(response: httpx.Response) -> tuple[str, str | None]:
@@ -81,8 +265,10 @@ class Gateway:
     """The gateway's admin API over HTTP, with the operator's key."""
 
     url: str
-    key: str | None = None
+    key: str | None = field(default=None, repr=False)
     timeout_s: float = 30.0
+    #: What to do when the gateway refuses the key (401, 403).
+    key_hint: str = _KEY_HINT
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
@@ -106,7 +292,8 @@ class Gateway:
             raise CliError(
                 f"cannot reach the gateway at {self.url}: {exc}",
                 EXIT_UNREACHABLE,
-                "start it with scripts/up.sh, or point --gateway / $MODELLANE_GATEWAY at it",
+                "start it with scripts/up.sh, or point --gateway / $MODELLANE_GATEWAY (or gateway "
+                "in config.toml) at it",
             ) from exc
         if response.status_code >= 500:
             message, _ = _error_message(response)
@@ -120,7 +307,7 @@ class Gateway:
             message, _ = _error_message(response)
             hint = None
             if response.status_code in (401, 403):
-                hint = _KEY_HINT
+                hint = self.key_hint
             elif response.status_code == 404 and "not served" in message:
                 hint = "see the models it serves with: modellane status"
             raise CliError(

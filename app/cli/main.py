@@ -18,17 +18,18 @@ from rich.text import Text
 
 from app import constants
 from app.cli.client import (
-    DEFAULT_GATEWAY,
     ENV_API_KEY,
     ENV_GATEWAY,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_TIMEOUT,
     EXIT_USAGE,
+    GATEWAY_HELP,
+    KEY_HELP,
     CliError,
     Gateway,
     Registry,
-    resolve_key,
+    gateway_for,
 )
 from app.cli.common import (
     Interval,
@@ -88,21 +89,19 @@ cli.command()(status)
 cli.command()(events)
 
 
+class _Settings(Settings):
+    def gateway_client(self) -> Gateway:  # the key is looked up once a command needs it
+        return gateway_for(self.gateway, self.key)
+
+
 @cli.callback()
 def _options(
     ctx: typer.Context,
     gateway: Annotated[
-        str, typer.Option("--gateway", envvar=ENV_GATEWAY, help="The gateway's base URL.")
-    ] = DEFAULT_GATEWAY,
+        str, typer.Option("--gateway", envvar=ENV_GATEWAY, show_default=False, help=GATEWAY_HELP)
+    ] = "",
     key: Annotated[
-        str | None,
-        typer.Option(
-            "--key",
-            envvar=ENV_API_KEY,
-            show_default=False,
-            help="An admin API key. Default: .run/admin.key in the current directory, "
-            "if there is one (scripts/up.sh writes it).",
-        ),
+        str | None, typer.Option("--key", envvar=ENV_API_KEY, show_default=False, help=KEY_HELP)
     ] = None,
     tracking_uri: Annotated[
         str,
@@ -112,7 +111,7 @@ def _options(
     ] = constants.DEFAULT_TRACKING_URI,
 ) -> None:
     """Global options; they go before the command: ``modellane --key K status``."""
-    ctx.obj = Settings(gateway=gateway, key=resolve_key(key), tracking_uri=tracking_uri)
+    ctx.obj = _Settings(gateway=gateway, key=key, tracking_uri=tracking_uri)
 
 
 def _follow(
