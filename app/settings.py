@@ -117,11 +117,31 @@ class ModelDeploymentConfig(BatchSettings):
         description="How labels are judged: classification (accuracy) or regression (MAE, "
         "RMSE); auto decides from the version's example output (a float is regression).",
     )
+    idle_to_zero_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Scale a version to zero replicas once it has had no request for about "
+        "this long (Ray Serve autoscaling with min_replicas 0); its next request waits for a "
+        "replica. Unset: replicas stay up.",
+    )
+    cold_start_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="With idle_to_zero_s: how long a request waits for a version at zero "
+        "replicas to start; past it, 503 with Retry-After.",
+    )
 
     @model_validator(mode="after")
     def _one_scaling_mode(self) -> ModelDeploymentConfig:
         if self.num_replicas is not None and self.autoscaling_config is not None:
             raise ValueError("set num_replicas or autoscaling_config, not both")
+        if self.idle_to_zero_s is not None and self.autoscaling_config is not None:
+            floor = self.autoscaling_config.get("min_replicas", 0)
+            if floor not in (0, None):
+                raise ValueError(
+                    f"idle_to_zero_s scales to zero replicas: autoscaling_config.min_replicas "
+                    f"must be 0 or unset, not {floor}"
+                )
         if self.max_queued_requests == 0:
             raise ValueError("max_queued_requests must be -1 (no bound) or at least 1")
         if self.max_ongoing_requests < self.max_batch_size:
@@ -147,11 +167,33 @@ class ModelDeploymentConfig(BatchSettings):
         }
         if self.max_replicas_per_node is not None:
             options["max_replicas_per_node"] = self.max_replicas_per_node
-        if self.autoscaling_config is not None:
-            options["autoscaling_config"] = self.autoscaling_config
+        scaling = self.scaling()
+        if scaling is not None:
+            options["autoscaling_config"] = scaling
         else:
             options["num_replicas"] = self.num_replicas or 1
         return options
+
+    def scaling(self) -> dict[str, Any] | None:
+        """Ray Serve's autoscaling_config for this model, None for a fixed replica count.
+
+        With ``idle_to_zero_s``: ``min_replicas`` 0, from ``num_replicas`` (or 1) at most,
+        and one replica at deploy time, so that a version is loaded and validated on its
+        input example before it takes traffic, as every version is."""
+        if self.idle_to_zero_s is None:
+            return self.autoscaling_config
+        scaling: dict[str, Any] = {
+            "max_replicas": self.num_replicas or 1,
+            "upscale_delay_s": 0.0,
+            "downscale_delay_s": self.idle_to_zero_s,
+            # Ray averages the load over this window before it decides to scale down.
+            "look_back_period_s": max(2.0, min(30.0, self.idle_to_zero_s / 2)),
+            **(self.autoscaling_config or {}),
+        }
+        scaling["min_replicas"] = 0
+        scaling["initial_replicas"] = max(1, int(scaling.get("initial_replicas") or 1))
+        scaling["downscale_to_zero_delay_s"] = self.idle_to_zero_s
+        return scaling
 
 
 def _default_tracking_uri() -> str:
@@ -241,6 +283,46 @@ class FeedbackSettings(BaseModel):
     )
 
 
+class DiscoverySettings(BaseModel):
+    """``discover`` in serve_config.yaml: serve registered models the registry marks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=True, description="Serve every registered model that carries the tag."
+    )
+    tag: str = Field(
+        default=constants.TAG_SERVE,
+        min_length=1,
+        description="The registered-model tag that asks for serving (value: 'true').",
+    )
+    name_regex: str | None = Field(
+        default=None,
+        description="Only models whose whole name matches this regular expression.",
+    )
+
+    @field_validator("name_regex")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"name_regex {pattern!r} is not a regular expression: {exc}"
+                ) from exc
+        return pattern
+
+    def wants(self, name: str) -> bool:
+        """Whether a tagged model of this name is to be served."""
+        return self.name_regex is None or re.fullmatch(self.name_regex, name) is not None
+
+
+def valid_model_name(name: str) -> bool:
+    """Whether ``name`` can be served (it becomes part of a Ray Serve application name)."""
+    return _MODEL_NAME.fullmatch(name) is not None
+
+
 class AppArgs(BaseModel):
     """Arguments of the control application (gateway + registry watcher)."""
 
@@ -254,7 +336,16 @@ class AppArgs(BaseModel):
     )
     models: dict[str, ModelDeploymentConfig] = Field(
         default_factory=dict,
-        description="Registered models to serve, by MLflow registered model name.",
+        description="Registered models to serve, by MLflow registered model name, each with "
+        "its own settings.",
+    )
+    model_defaults: ModelDeploymentConfig = Field(
+        default_factory=ModelDeploymentConfig,
+        description="Settings of the models served by discovery (not listed under models).",
+    )
+    discover: DiscoverySettings = Field(
+        default_factory=DiscoverySettings,
+        description="Serve registered models tagged modellane.serve=true (discovery).",
     )
     max_body_bytes: int = Field(
         default=constants.DEFAULT_MAX_BODY_BYTES,

@@ -12,7 +12,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from app import constants
 from app.control.routing import Target
-from app.serving.errors import ModelFailed, ModelUnavailable, Overloaded
+from app.serving.errors import ColdStartTimeout, ModelFailed, ModelUnavailable, Overloaded
 
 logger = logging.getLogger("ray.serve")
 
@@ -21,6 +21,12 @@ logger = logging.getLogger("ray.serve")
 #: the server half of the retry policy in ``app.serving.retry``.
 REPLICA_DEATH_TRIES = 3
 REPLICA_DEATH_BACKOFF_S = 0.05
+#: Retry-After of a request that found its version still starting from zero replicas.
+COLD_START_RETRY_AFTER_S = 5.0
+
+
+async def _awaited(response: Any) -> Any:
+    return await response
 
 
 class HandleBackend:
@@ -42,12 +48,32 @@ class HandleBackend:
     async def metadata(self) -> dict[str, Any]:
         return await self._call("metadata")
 
+    async def _answer(self, method: str, *args: Any) -> dict[str, Any]:
+        """One call; for a version that scales to zero, bounded by its cold-start wait."""
+        response = getattr(self._handle, method).remote(*args)
+        wait_s = self.target.cold_start_timeout_s
+        if wait_s is None:
+            answer: dict[str, Any] = await response
+            return answer
+        try:
+            answer = await asyncio.wait_for(_awaited(response), wait_s)
+        except TimeoutError as exc:
+            response.cancel()
+            raise ColdStartTimeout(
+                f"model {self.target.model} version {self.target.version} did not answer "
+                f"within {wait_s:g}s (cold_start_timeout_s): it scales to zero when idle and "
+                "its replica is still starting; retry after the Retry-After header's seconds",
+                retry_after_s=COLD_START_RETRY_AFTER_S,
+                model=self.target.model,
+                version=self.target.version,
+            ) from exc
+        return answer
+
     async def _call(self, method: str, *args: Any) -> dict[str, Any]:
         where: dict[str, Any] = {"model": self.target.model, "version": self.target.version}
         for attempt in range(1, REPLICA_DEATH_TRIES + 1):
             try:
-                answer: dict[str, Any] = await getattr(self._handle, method).remote(*args)
-                return answer
+                return await self._answer(method, *args)
             except RayActorError as exc:  # the replica died (or vanished) under this call
                 if attempt == REPLICA_DEATH_TRIES:
                     raise ModelUnavailable(

@@ -25,7 +25,7 @@ from app.security.ratelimit import LeaseFn, RateLimiter
 from app.serving.dataplane import DataPlane
 from app.serving.http import create_api
 from app.serving.observe import RequestRecord
-from app.settings import AppArgs
+from app.settings import AppArgs, ModelDeploymentConfig
 from deployments.backends import HandleBackend
 from deployments.log_flush import start_log_flusher
 from deployments.metrics import gateway_metrics, log_metrics, serving_errors, status_class
@@ -157,8 +157,16 @@ class Gateway:
             task_for=self._task_for,
         )
 
-    def _task_for(self, model: str) -> str:
+    def _settings(self, model: str) -> ModelDeploymentConfig | None:
+        """A routed model's settings: its own under ``models:``, else ``model_defaults``
+        for a model served by discovery; None for a model this gateway does not route."""
         settings = self._args.models.get(model)
+        if settings is None and model in self.dataplane.table.models:
+            return self._args.model_defaults
+        return settings
+
+    def _task_for(self, model: str) -> str:
+        settings = self._settings(model)
         return settings.task if settings is not None else "auto"
 
     def _observe(self, record: RequestRecord) -> None:
@@ -197,7 +205,7 @@ class Gateway:
 
     def _log_prediction(self, record: RequestRecord) -> None:
         """Hand the prediction to the inference log (sampled per model; never waits)."""
-        settings = self._args.models.get(record.model)
+        settings = self._settings(record.model)
         if self._log is None or settings is None:  # only served models: no path from a URL
             return
         if settings.sample_rate < 1.0 and self._sample.random() >= settings.sample_rate:

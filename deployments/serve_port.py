@@ -34,8 +34,8 @@ class RayServe:
     async def details(self) -> dict[str, dict[str, Any]]:
         return await asyncio.to_thread(_app_details)
 
-    async def deploy(self, model: str, version: str) -> None:
-        await asyncio.to_thread(_deploy_app, model, version, self._args.models[model], self._args)
+    async def deploy(self, model: str, version: str, settings: ModelDeploymentConfig) -> None:
+        await asyncio.to_thread(_deploy_app, model, version, settings, self._args)
 
     async def delete(self, app_name: str) -> None:
         await asyncio.to_thread(serve.delete, app_name)

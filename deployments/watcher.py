@@ -151,8 +151,7 @@ def _quality_monitor(args: AppArgs) -> QualityMonitor | None:
         return None
 
     def task(model: str) -> str:
-        settings = args.models.get(model)
-        return settings.task if settings is not None else "auto"
+        return args.models.get(model, args.model_defaults).task
 
     return QualityMonitor(LogStore(args.inference_log.uri), args.feedback, task)
 

@@ -79,7 +79,7 @@ class Lifecycle:
         for role in (constants.ROLE_CHALLENGER, constants.ROLE_SHADOW):
             await self._reconcile_role(name, role, roles.get(role), now)
 
-        await self._retire(name, roles, now)
+        await self._retire(name, state, roles, now)
         role_of = {
             t.version: t.role
             for t in (state.shadow, state.challenger, state.champion)
@@ -116,11 +116,12 @@ class Lifecycle:
         else:
             self._start_deploy(name, role, desired)
 
-    async def _retire(self, name: str, roles: dict[str, Desired], now: float) -> None:
+    async def _retire(
+        self, name: str, state: decide.ModelState, roles: dict[str, Desired], now: float
+    ) -> None:
         """Versions in no role: keep warm for ``keep_previous_s``, then delete. A version
         the registry wants in a role is never put up for deletion."""
         memory = self._ctx.memory
-        state = memory.states[name]
         wanted = {d.version for d in roles.values()}
         wanted |= {d.version for (m, _), d in self._deploying.items() if m == name}
         for app_name in self.statuses:
@@ -139,6 +140,39 @@ class Lifecycle:
                 )
             decide.retired(state, app_name)
 
+    # -- a discovered model no longer served ---------------------------------------------
+
+    def stop_serving(self, name: str) -> None:
+        """The registry no longer tags ``name`` for serving (or deleted it): route nothing
+        to it from now on; its versions stay warm for ``keep_previous_s`` (tagged again
+        meanwhile, it serves at once), then :meth:`let_go` deletes them."""
+        memory = self._ctx.memory
+        rollout = memory.rollouts.pop(name, None)
+        state = memory.stop_serving(name)
+        until = memory.clock.time() + memory.args.keep_previous_s
+        for target in (state.champion, state.challenger, state.shadow, state.previous):
+            if target is not None:
+                state.retire_at.setdefault(target.app_name, until)
+        state.champion = state.challenger = state.shadow = state.previous = None
+        state.weight = 0.0
+        ended = f"; its rollout of v{rollout.version} ended" if rollout is not None else ""
+        memory.events.add(
+            ev.DISCOVER, name, message=f"no longer tagged for serving (or deleted): not "
+            f"routed any more; its versions are deleted in {memory.args.keep_previous_s:g}s"
+            f"{ended}",
+        )  # fmt: skip
+        self._ctx.publisher.publish()
+
+    async def let_go(self, name: str) -> None:
+        """Delete the versions of a model no longer served, once their time is up."""
+        memory = self._ctx.memory
+        state = memory.leaving[name]
+        await self._retire(name, state, {}, memory.clock.time())
+        running = any(decide.version_of_app(name, app) for app in self.statuses)
+        deploying = any(model == name for model, _ in self._deploys)
+        if not state.retire_at and not running and not deploying:
+            del memory.leaving[name]
+
     # -- after a restart ---------------------------------------------------------------
 
     async def _adopt_running(self, name: str, desired: Desired | None) -> None:
@@ -148,7 +182,7 @@ class Lifecycle:
         if desired is not None and status == RUNNING:
             # A no-op when nothing changed; new replica settings from a re-applied
             # serve_config.yaml take effect here, as a rolling update.
-            await self._ctx.serve.deploy(name, desired.version)
+            await self._ctx.serve.deploy(name, desired.version, self._ctx.memory.settings(name))
             self.switch(name, desired, adopted=True)
         elif desired is not None and status is not None and await self._serving(app_name):
             # Serve is bringing replicas back (a node was lost) while others serve: the
@@ -222,7 +256,8 @@ class Lifecycle:
         started = memory.clock.monotonic()
         try:
             await asyncio.wait_for(
-                self._ctx.serve.deploy(name, desired.version), memory.args.deploy_timeout_s
+                self._ctx.serve.deploy(name, desired.version, memory.settings(name)),
+                memory.args.deploy_timeout_s,
             )
         except Exception as exc:
             await self._failed(name, desired.version, app_name, exc)
@@ -250,7 +285,8 @@ class Lifecycle:
         memory = self._ctx.memory
         reason = await self._ctx.serve.failure_reason(app_name, error)
         now = memory.clock.time()
-        failure = decide.record_failure(memory.states[name], version, reason, now)
+        state = memory.states.get(name) or memory.leaving.get(name) or decide.ModelState(name)
+        failure = decide.record_failure(state, version, reason, now)
         logger.error("%s failed: %s", app_name, reason)
         memory.metrics.failed_load(name, version)
         # The registry says it first, then the events: whoever sees the event finds the tag.

@@ -21,7 +21,7 @@ from app.quality.compare import ComparisonStats
 from app.quality.stats import ArmStats
 from app.schemas import VersionInfo
 from app.serving.errors import ModelNotFound
-from app.settings import AppArgs
+from app.settings import AppArgs, ModelDeploymentConfig
 
 # Serve routes this logger into the replica's log file, beside Serve's own lines.
 logger = logging.getLogger("ray.serve")
@@ -40,11 +40,39 @@ class ControlMemory:
         self.states = {name: ModelState(name) for name in args.models}
         self.versions: dict[str, list[VersionInfo]] = {name: [] for name in args.models}
         self.problems: dict[str, str | None] = {name: None for name in args.models}
+        #: models served because the registry tags them (discovery), not listed in the config
+        self.discovered: set[str] = set()
+        #: models no longer served (tag removed, model deleted): their versions wait out
+        #: ``keep_previous_s`` here, then are deleted
+        self.leaving: dict[str, ModelState] = {}
         #: model -> role -> the version the registry wants in it (from the last good read)
         self.desired_roles: dict[str, dict[str, Desired]] = {}
         self.rollouts: dict[str, Rollout] = {}
         #: gateway replica -> its latest cumulative figures
         self.reports: dict[str, dict[str, Any]] = {}
+
+    def settings(self, name: str) -> ModelDeploymentConfig:
+        """A served model's settings: its own under ``models:``, else ``model_defaults``."""
+        configured = self.args.models.get(name)
+        return configured if configured is not None else self.args.model_defaults
+
+    def serve(self, name: str) -> None:
+        """Start serving a discovered model (back from ``leaving`` if it was there)."""
+        self.discovered.add(name)
+        left = self.leaving.pop(name, None)
+        self.states[name] = left if left is not None else ModelState(name)
+        self.versions.setdefault(name, [])
+        self.problems.setdefault(name, None)
+
+    def stop_serving(self, name: str) -> ModelState:
+        """Stop serving a discovered model; its state moves to ``leaving``."""
+        self.discovered.discard(name)
+        state = self.states.pop(name)
+        self.versions.pop(name, None)
+        self.problems.pop(name, None)
+        self.desired_roles.pop(name, None)
+        self.leaving[name] = state
+        return state
 
     def state(self, name: str) -> ModelState:
         state = self.states.get(name)
@@ -57,12 +85,12 @@ class ControlMemory:
 
     def policy(self, name: str) -> RolloutPolicy | None:
         """The rollout policy of the model's challenger: its own tag's, else the config's."""
-        return self.states[name].policy or self.args.models[name].rollout
+        return self.states[name].policy or self.settings(name).rollout
 
     def shadow_fraction(self, name: str) -> float:
         """The shadow's share of requests: its own tag's, else the config's."""
         fraction = self.states[name].shadow_fraction
-        return self.args.models[name].shadow_fraction if fraction is None else fraction
+        return self.settings(name).shadow_fraction if fraction is None else fraction
 
     def arm_total(self, name: str, version: str) -> ArmStats:
         """A version's request figures, summed over every gateway replica's report."""

@@ -39,9 +39,9 @@ class DriftMonitor:
         self._serve = serve
         self._post = post
         self._reports: dict[str, dict[str, Any]] = {}
-        self._alerters = {
-            name: Alerter(memory.args.drift.cooldown_s) for name in memory.args.models
-        }
+        self._alerters: dict[str, Alerter] = {}
+        #: (model, version) -> requests counted at its last measurement (scale-to-zero models)
+        self._measured_at: dict[tuple[str, str], int] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     def report(self, name: str) -> dict[str, Any]:
@@ -57,13 +57,25 @@ class DriftMonitor:
         }
 
     async def measure_all(self) -> None:
-        for name, state in self._memory.states.items():
-            if state.champion is None:
+        for name, state in list(self._memory.states.items()):
+            if state.champion is None or not self._had_traffic(name, state.champion.version):
                 continue
             try:
                 await self.measure(name, state.champion)
             except Exception as exc:
                 self._memory.note_error("drift measurement", exc, name, state.champion.version)
+
+    def _had_traffic(self, name: str, version: str) -> bool:
+        """Whether to measure now. A version that scales to zero is measured only after
+        requests since its last measurement: a drift call is a request, and one each
+        interval would keep an idle version's replica from ever scaling down."""
+        if self._memory.settings(name).idle_to_zero_s is None:
+            return True
+        requests = self._memory.arm_total(name, version).requests
+        if requests <= self._measured_at.get((name, version), 0):
+            return False
+        self._measured_at[(name, version)] = requests
+        return True
 
     async def measure(self, name: str, champion: Target) -> None:
         memory = self._memory
@@ -71,7 +83,8 @@ class DriftMonitor:
         report = await self._serve.drift(champion.app_name, settings.threshold, settings.min_values)
         self._reports[name] = report
         results = [FeatureDrift.model_validate(f) for f in report["features"]]
-        for result in self._alerters[name].due(results, memory.clock.time()):
+        alerter = self._alerters.setdefault(name, Alerter(memory.args.drift.cooldown_s))
+        for result in alerter.due(results, memory.clock.time()):
             message = (
                 f"input drift on {result.feature}: PSI {result.psi:.3f} > {settings.threshold} "
                 f"(KL {result.kl or 0:.3f}, {result.window} live values)"

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from app.control.registry import RegisteredVersion, RegistryClient
 from app.quality.sequential import Scores
+
+if TYPE_CHECKING:
+    from app.settings import ModelDeploymentConfig
 
 
 class ServePort(Protocol):
@@ -30,7 +33,7 @@ class ServePort(Protocol):
         """Every application's ``{"status": ..., "replicas": {state: count}}``, by name."""
         ...
 
-    async def deploy(self, model: str, version: str) -> None:
+    async def deploy(self, model: str, version: str, settings: ModelDeploymentConfig) -> None:
         """Deploy (or update in place) ``<model>-v<version>``; return once it is RUNNING,
         which for a model server means loaded and validated on its input example.
 
@@ -58,6 +61,10 @@ class RegistryPort(Protocol):
         ...
 
     async def version_tags(self, name: str, version: str) -> dict[str, str]: ...
+
+    async def discover(self, tag: str) -> list[str]:
+        """Names of the registered models tagged ``tag`` = true."""
+        ...
 
     async def model_tag(self, name: str, key: str) -> str | None: ...
 
@@ -161,6 +168,9 @@ class ThreadedRegistry:
 
     async def version_tags(self, name: str, version: str) -> dict[str, str]:
         return await asyncio.to_thread(self._client.version_tags, name, version)
+
+    async def discover(self, tag: str) -> list[str]:
+        return await asyncio.to_thread(self._client.discover, tag)
 
     async def model_tag(self, name: str, key: str) -> str | None:
         return await asyncio.to_thread(self._client.model_tag, name, key)

@@ -14,7 +14,8 @@ import logging
 from typing import Any
 
 from app.control.memory import ControlMemory
-from app.control.routing import ModelRoutes, RoutingTable
+from app.control.routing import ModelRoutes, RoutingTable, Target
+from app.settings import ModelDeploymentConfig
 
 logger = logging.getLogger("ray.serve")
 
@@ -40,14 +41,14 @@ class Publisher:
         memory = self._memory
         models = {}
         for name, state in memory.states.items():
-            config = memory.args.models[name]
+            config = memory.settings(name)
             policy = memory.policy(name)
             models[name] = ModelRoutes(
                 name=name,
-                champion=state.champion,
-                challenger=state.challenger,
+                champion=_waits(state.champion, config),
+                challenger=_waits(state.challenger, config),
                 challenger_weight=state.weight if state.challenger else 0.0,
-                shadow=state.shadow,
+                shadow=_waits(state.shadow, config),
                 shadow_fraction=memory.shadow_fraction(name) if state.shadow else 0.0,
                 shadow_timeout_s=config.shadow_timeout_s,
                 shadow_max_in_flight=config.shadow_max_in_flight,
@@ -85,3 +86,10 @@ class Publisher:
             except TimeoutError:
                 return None
         return self.table.model_dump()
+
+
+def _waits(target: Target | None, config: ModelDeploymentConfig) -> Target | None:
+    """``target``, with its cold-start wait where its model scales to zero."""
+    if target is None or config.idle_to_zero_s is None:
+        return target
+    return target.model_copy(update={"cold_start_timeout_s": config.cold_start_timeout_s})

@@ -70,7 +70,7 @@ class QualityLoop:
             memory.note_error("live quality refresh", exc, then="tried again next refresh")
         if now - self._last_write_back >= memory.args.feedback.mlflow_interval_s:
             self._last_write_back = now
-            for name in memory.args.models:
+            for name in list(memory.states):
                 await self.write_back(name)
         log = memory.args.inference_log
         if now - self._last_maintain >= log.compact_interval_s and self._ctx.quality:
@@ -87,7 +87,7 @@ class QualityLoop:
             return
         await monitor.refresh(self.roles())
         metrics = self._ctx.memory.metrics
-        for name in self._ctx.memory.args.models:
+        for name in list(self._ctx.memory.states):
             for row in monitor.figures(name):
                 version = str(row["version"])
                 if row.get("value") is not None and row.get("role"):

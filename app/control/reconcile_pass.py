@@ -1,5 +1,9 @@
 """One reconcile pass: observe the registry and Serve, then let the lifecycle act per model.
 
+The models served are those under ``models:`` in the config, plus those the registry
+tags ``modellane.serve=true`` (discovery, with ``model_defaults``); a model no longer
+tagged stops being routed at once, and its versions are deleted after ``keep_previous_s``.
+
 observe (registry + Serve's statuses) -> desired roles per model
 (:func:`app.control.registry.desired_roles`) -> :meth:`Lifecycle.reconcile_model` ->
 publish the routing table. A model whose registry read fails keeps what it last knew:
@@ -17,6 +21,7 @@ from app.control.context import ControlContext
 from app.control.lifecycle import Lifecycle
 from app.control.memory import logger
 from app.control.registry import Desired, desired_roles
+from app.settings import valid_model_name
 
 
 class Reconciler:
@@ -27,6 +32,8 @@ class Reconciler:
         self._no_champion: set[str] = set()
         #: models rebuilt after the (re)start: adoption happens at a model's first good read
         self._rebuilt: set[str] = set()
+        #: tagged models whose names cannot be served (reported once each)
+        self._unservable: set[str] = set()
 
     async def run_pass(self) -> None:
         """One pass. The first one rebuilds the memory after a (re)start; until it ends,
@@ -40,7 +47,8 @@ class Reconciler:
     async def _pass(self) -> None:
         memory = self._ctx.memory
         self._lifecycle.statuses = await self._ctx.serve.statuses()
-        names = list(memory.args.models)
+        discovery_error = await self._discover()
+        names = list(memory.states)
         reads = await asyncio.gather(
             *(self._ctx.registry.versions(name) for name in names), return_exceptions=True
         )
@@ -50,7 +58,7 @@ class Reconciler:
         for error in unreachable:
             if not isinstance(error, Exception):
                 raise error  # a cancellation or an exit: never swallowed
-        self._note_registry(unreachable[0] if unreachable else None)
+        self._note_registry(unreachable[0] if unreachable else discovery_error)
         if not unreachable:
             await self._ctx.outbox.retry()
         for name, read in zip(names, reads, strict=True):
@@ -63,7 +71,45 @@ class Reconciler:
                 first = name not in self._rebuilt
                 await self._lifecycle.reconcile_model(name, read, roles, first)
                 self._rebuilt.add(name)  # a pass that failed for it adopts again next time
+        for name in list(memory.leaving):
+            await self._lifecycle.let_go(name)
         self._ctx.publisher.publish()
+
+    async def _discover(self) -> Exception | None:
+        """Serve the models the registry tags for serving, and stop serving those it no
+        longer tags (or that were deleted). A failed read changes nothing: the error is
+        returned, for the registry's reachability events."""
+        memory = self._ctx.memory
+        settings = memory.args.discover
+        if not settings.enabled:
+            return None
+        try:
+            tagged = await self._ctx.registry.discover(settings.tag)
+        except Exception as exc:  # never taken as "no model is tagged"
+            return exc
+        wanted: set[str] = set()
+        for name in tagged:
+            if name in memory.args.models or not settings.wants(name):
+                continue  # a configured model keeps its own settings
+            if not valid_model_name(name):
+                if name not in self._unservable:
+                    self._unservable.add(name)
+                    memory.events.add(
+                        ev.FAILURE, name, message=f"tagged {settings.tag}=true but not served: "
+                        "the name must be letters, digits, '_', '.' or '-' (at most 64)",
+                    )  # fmt: skip
+                continue
+            wanted.add(name)
+        for name in sorted(wanted - memory.discovered):
+            memory.serve(name)
+            memory.events.add(
+                ev.DISCOVER, name, message=f"tagged {settings.tag}=true: served with "
+                "model_defaults once it has a champion",
+            )  # fmt: skip
+        for name in sorted(memory.discovered - wanted):
+            self._rebuilt.discard(name)
+            self._lifecycle.stop_serving(name)
+        return None
 
     def _note_registry(self, error: BaseException | None) -> None:
         memory = self._ctx.memory

@@ -112,6 +112,17 @@ class RegistryClient:
             key=lambda v: int(v.version),
         )
 
+    def discover(self, tag: str) -> list[str]:
+        """Names of the registered models whose tag ``tag`` is ``true`` (any case)."""
+        found: list[str] = []
+        token: str | None = None
+        while True:
+            page = self._client.search_registered_models(max_results=1000, page_token=token)
+            found += [m.name for m in page if str((m.tags or {}).get(tag, "")).lower() == "true"]
+            token = page.token
+            if not token:
+                return sorted(found)
+
     def champion(self, name: str) -> Desired | None:
         """The version of ``name`` that should serve as champion, if any."""
         return choose_champion(self.versions(name))

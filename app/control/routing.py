@@ -22,6 +22,11 @@ class Target(BaseModel):
     app_name: str = Field(..., description="Ray Serve application serving this version.")
     source: str = Field(..., description="'alias:champion' or 'stage:Production'.")
     loaded_at: float = Field(..., description="Unix time the version became routable.")
+    cold_start_timeout_s: float | None = Field(
+        None,
+        description="Set where the version scales to zero (idle_to_zero_s): how long a "
+        "request waits for a replica to start before it gets 503 with Retry-After.",
+    )
 
 
 class ModelRoutes(BaseModel):

@@ -89,7 +89,7 @@ class DataPlane:
         rng: random.Random | None = None,
     ) -> None:
         self._backend_for = backend_for
-        self._backends: dict[str, ModelBackend] = {}
+        self._backends: dict[tuple[str, float | None], ModelBackend] = {}
         self._table = table or RoutingTable()
         self._rng = rng or random.Random()
         self.installed_at: float | None = None
@@ -124,9 +124,11 @@ class DataPlane:
         return True
 
     def _backend(self, target: Target) -> ModelBackend:
-        backend = self._backends.get(target.app_name)
+        # A version's cold-start wait is part of how it is called: a new one, a new backend.
+        key = (target.app_name, target.cold_start_timeout_s)
+        backend = self._backends.get(key)
         if backend is None:
-            backend = self._backends[target.app_name] = self._backend_for(target)
+            backend = self._backends[key] = self._backend_for(target)
         return backend
 
     async def predict(

@@ -119,6 +119,13 @@ class Overloaded(ModelUnavailable):
         self.retry_after_s = retry_after_s
 
 
+class ColdStartTimeout(Overloaded):
+    """A version at zero replicas (``idle_to_zero_s``) had none ready within its
+    ``cold_start_timeout_s``: 503 with ``Retry-After``, never a client's time-out."""
+
+    code = "cold_start"
+
+
 class RegistryUnavailable(ModellaneError):
     """The registry could not be read or written, so the action cannot be done safely."""
 

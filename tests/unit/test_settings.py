@@ -109,6 +109,41 @@ def test_out_of_range_resources_are_rejected(kwargs: dict[str, Any]) -> None:
         ModelDeploymentConfig(**kwargs)
 
 
+@_quiet_ray
+def test_idle_to_zero_scales_between_zero_and_the_replica_count_and_ray_accepts_it() -> None:
+    from ray.serve.config import AutoscalingConfig
+
+    cfg = ModelDeploymentConfig(idle_to_zero_s=120, num_replicas=2)
+    options = cfg.deployment_options()
+    assert "num_replicas" not in options
+    scaling = options["autoscaling_config"]
+    assert scaling["min_replicas"] == 0 and scaling["max_replicas"] == 2
+    assert scaling["initial_replicas"] == 1  # loaded and validated at deploy time
+    assert scaling["downscale_to_zero_delay_s"] == 120
+    AutoscalingConfig(**scaling)  # Ray's own validation
+    own = ModelDeploymentConfig(
+        idle_to_zero_s=30, autoscaling_config={"max_replicas": 4, "target_ongoing_requests": 3}
+    ).scaling()
+    assert own is not None
+    assert (own["min_replicas"], own["max_replicas"], own["target_ongoing_requests"]) == (0, 4, 3)
+    AutoscalingConfig(**own)
+
+
+def test_idle_to_zero_with_a_floor_above_zero_is_refused() -> None:
+    with pytest.raises(ValidationError, match="min_replicas must be 0"):
+        ModelDeploymentConfig(idle_to_zero_s=30, autoscaling_config={"min_replicas": 1})
+
+
+def test_discovery_defaults_and_a_regex_that_does_not_compile() -> None:
+    args = AppArgs()
+    assert args.discover.enabled and args.discover.tag == constants.TAG_SERVE
+    assert args.discover.wants("anything") and args.model_defaults == ModelDeploymentConfig()
+    narrowed = AppArgs.model_validate({"discover": {"name_regex": "team-a-.*"}}).discover
+    assert narrowed.wants("team-a-churn") and not narrowed.wants("xteam-a-churn")
+    with pytest.raises(ValidationError, match="not a regular expression"):
+        AppArgs.model_validate({"discover": {"name_regex": "("}})
+
+
 def test_model_deployment_rejects_extra_keys() -> None:
     with pytest.raises(ValidationError, match="num_gpu"):
         ModelDeploymentConfig.model_validate({"num_gpu": 1})

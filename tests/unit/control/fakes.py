@@ -14,7 +14,7 @@ from app.control.plane import ControlParts, build
 from app.control.registry import RegisteredVersion
 from app.quality.sequential import Scores
 from app.quality.stats import ArmStats
-from app.settings import AppArgs
+from app.settings import AppArgs, ModelDeploymentConfig
 
 
 class FakeClock:
@@ -87,6 +87,8 @@ class FakeServe:
         self.drift_reports: dict[str, dict[str, Any]] = {}
         #: app name -> replica states, where not one RUNNING replica per app
         self.replicas: dict[str, dict[str, int]] = {}
+        #: app name -> the settings its latest deploy was given
+        self.settings: dict[str, ModelDeploymentConfig] = {}
 
     def _check(self, call: str) -> None:
         if call in self.failing:
@@ -103,9 +105,10 @@ class FakeServe:
             for name, s in self.apps.items()
         }
 
-    async def deploy(self, model: str, version: str) -> None:
+    async def deploy(self, model: str, version: str, settings: ModelDeploymentConfig) -> None:
         app = constants.version_app_name(model, version)
         self.log.append(("deploy", app))
+        self.settings[app] = settings
         self._check("deploy")
         if self.apps.get(app) != "RUNNING":
             self.apps[app] = "DEPLOYING"
@@ -212,6 +215,12 @@ class FakeRegistry:
     async def version_tags(self, name: str, version: str) -> dict[str, str]:
         self._check("version_tags")
         return dict(self.models[name][version].tags)
+
+    async def discover(self, tag: str) -> list[str]:
+        self._check("discover")
+        return sorted(
+            n for n, tags in self.model_tags.items() if tags.get(tag, "").lower() == "true"
+        )
 
     async def model_tag(self, name: str, key: str) -> str | None:
         self._check("model_tag")

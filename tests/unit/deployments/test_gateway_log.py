@@ -4,10 +4,12 @@ sampled, with or without inputs, with the routing key hashed."""
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from app.control.routing import ModelRoutes, RoutingTable
 from app.quality.logstore import PredictionRecord
 from app.serving.observe import RequestRecord
 from app.settings import AppArgs
@@ -36,9 +38,13 @@ def gw() -> Any:
                 "iris": {},
                 "private": {"log_inputs": False},
                 "sampled": {"sample_rate": 0.25},
-            }
+            },
+            "model_defaults": {"log_inputs": False},
         }
     )
+    routed = ("iris", "private", "sampled", "found")  # "found": served by discovery
+    table = RoutingTable(epoch=1, models={n: ModelRoutes(name=n) for n in routed})
+    instance.dataplane = SimpleNamespace(table=table)
     instance._log = Taken()
     instance._replica = "r1"
     instance._sample = random.Random(7)
@@ -82,6 +88,12 @@ def test_a_model_not_served_is_not_logged(gw: Any) -> None:
     gw._log_prediction(record("../../etc"))
     gw._log_prediction(record("-"))
     assert gw._log.records == []
+
+
+def test_a_discovered_model_is_logged_with_the_model_defaults(gw: Any) -> None:
+    gw._log_prediction(record("found"))
+    gw._log_prediction(record("unrouted"))  # neither configured nor in the routing table
+    assert [(r.model, r.inputs) for r in gw._log.records] == [("found", None)]
 
 
 def test_sample_rate_logs_about_that_share(gw: Any) -> None:
