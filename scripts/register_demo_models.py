@@ -8,6 +8,9 @@
   logged with MLflow's sentence-transformers flavor.
 - ``sentiment``: a tiny BERT text classifier built from a config (random weights, seeded),
   logged with MLflow's transformers flavor; it exercises the transformers code path.
+- ``wine``: a scikit-learn classifier of the wine dataset, tagged ``modellane.serve=true``
+  and not listed in serve_config.yaml: served by discovery, with ``model_defaults``
+  (it scales to zero replicas when idle).
 
 Every version has a signature and an input example. Nothing is downloaded.
 """
@@ -172,7 +175,38 @@ def register_sentiment(client: MlflowClient) -> None:
     client.set_registered_model_alias("sentiment", "champion", info.registered_model_version)
 
 
-REGISTRARS = {"iris": register_iris, "minilm": register_minilm, "sentiment": register_sentiment}
+def register_wine(client: MlflowClient) -> None:
+    from sklearn.datasets import load_wine
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    data = load_wine(as_frame=True)
+    frame = data.data.rename(columns=lambda c: c.replace("/", "_"))
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    model.fit(frame, data.target)
+    example = frame.head(3)
+    with mlflow.start_run(run_name="wine-logreg"):
+        log_drift_baseline({c: frame[c].tolist() for c in frame.columns}, "tabular")
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, model.predict(example)),
+            input_example=example,
+            registered_model_name="wine",
+            pip_requirements=_pins("scikit-learn", "pandas"),
+        )
+    client.set_registered_model_tag("wine", "modellane.serve", "true")
+    client.set_registered_model_alias("wine", "champion", info.registered_model_version)
+    print(f"wine v{info.registered_model_version}: tagged modellane.serve=true (discovered)")
+
+
+REGISTRARS = {
+    "iris": register_iris,
+    "minilm": register_minilm,
+    "sentiment": register_sentiment,
+    "wine": register_wine,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

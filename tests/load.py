@@ -60,12 +60,14 @@ class Load:
         max_s: float = 120.0,
         headers: dict[str, str] | None = None,
         retry_policy: bool = False,
+        timeout_s: float = 30.0,
     ) -> None:
         self.headers = PREDICT_HEADERS if headers is None else headers
         self.url, self.concurrency = url, concurrency
         self.bodies = body if isinstance(body, list) else [body]
         self.min_requests, self.until, self.max_s = min_requests, until, max_s
         self.retry_policy = retry_policy  # follow app.serving.retry, as a well-behaved client does
+        self.timeout_s = timeout_s  # one request's, after which it counts as failed (status 0)
         self.result = LoadResult()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -98,7 +100,9 @@ class Load:
     async def _main(self) -> None:
         deadline = time.monotonic() + self.max_s
         limits = httpx.Limits(max_connections=self.concurrency)
-        async with httpx.AsyncClient(timeout=30, limits=limits, headers=self.headers) as client:
+        async with httpx.AsyncClient(
+            timeout=self.timeout_s, limits=limits, headers=self.headers
+        ) as client:
 
             async def worker(offset: int) -> None:
                 sent = offset

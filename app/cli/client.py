@@ -409,6 +409,10 @@ class Registry:
         with mlflow_errors(self.uri, f"{name} v{version}"):
             self._client.set_model_version_tag(name, version, key, value)
 
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        with mlflow_errors(self.uri, name):
+            self._client.set_registered_model_tag(name, key, value)
+
 
 def unreachable_mlflow(uri: str, exc: BaseException) -> CliError:
     return CliError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,8 +10,17 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from app.cli.client import EXIT_USAGE, CliError
-from app.cli.common import JsonFlag, Progress, out, print_json, reports_errors, settings_of
+from app import constants
+from app.cli.client import EXIT_REFUSED, EXIT_USAGE, CliError, Gateway
+from app.cli.common import (
+    JsonFlag,
+    Progress,
+    err,
+    out,
+    print_json,
+    reports_errors,
+    settings_of,
+)
 
 
 def _type_text(spec: dict[str, Any]) -> str:
@@ -64,6 +74,14 @@ def register(
     experiment: Annotated[
         str, typer.Option("--experiment", help="MLflow experiment of the logging run.")
     ] = "modellane-cli",
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve",
+            help=f"Tag the model {constants.TAG_SERVE}=true: the gateway discovers and "
+            "serves it (with model_defaults) once a version holds alias champion.",
+        ),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Log a local model into the MLflow registry as a new version; print it.
@@ -81,8 +99,11 @@ def register(
         made = cli_register.register(
             plan, name, settings.tracking_uri, alias=alias, task=task, experiment=experiment
         )
+    if serve:
+        settings.registry().set_model_tag(name, constants.TAG_SERVE, "true")
+    served, note = _who_serves(settings.gateway_client(), name, serve, made.alias)
     if json_out:
-        print_json(made.as_dict())
+        print_json({**made.as_dict(), "serve": serve, "served": served, "note": note})
         return
     out.print(
         Text(f"registered {made.name} v{made.version} ({made.flavor})", style="green")
@@ -91,3 +112,37 @@ def register(
     out.print(f"signature: {_signature_text(made.signature)}", soft_wrap=True)
     if made.baseline:
         out.print("drift baseline: logged from the sample")
+    if note:
+        err.print(Text(note, style="yellow" if served is False else ""))
+
+
+def _who_serves(
+    gateway: Gateway, name: str, tagged: bool, alias: str | None
+) -> tuple[bool | None, str | None]:
+    """Whether the gateway serves ``name`` (None: it could not say), and a line for the
+    user where the answer needs one: above all, how to fix a model nothing will serve."""
+    if tagged:
+        with contextlib.suppress(CliError):  # best effort: the watcher polls anyway
+            gateway.reload()
+    try:
+        gateway.status(name)
+    except CliError as exc:
+        if exc.exit_code == EXIT_REFUSED and "not served" in exc.message and not tagged:
+            return False, (
+                f"note: nothing serves {name}: it is not under models: in serve_config.yaml "
+                f"and not tagged {constants.TAG_SERVE}=true. To serve it, register with "
+                f"--serve, or run: mlflow's set_registered_model_tag({name!r}, "
+                f"{constants.TAG_SERVE!r}, 'true')"
+            )
+        if tagged:
+            return None, (
+                f"tagged {constants.TAG_SERVE}=true: the gateway serves it within one poll "
+                f"(its answer now: {exc.message})"
+            )
+        return None, f"note: could not ask the gateway whether it serves {name}: {exc.message}"
+    if alias != constants.ROLE_CHAMPION:
+        return True, (
+            f"{name} is served; this version serves once it holds alias champion "
+            f"(modellane promote {name} VERSION)"
+        )
+    return True, None

@@ -25,6 +25,7 @@ ROLLOUT = "rollout"  # a rollout started, advanced, paused or resumed
 DRIFT = "drift"  # live inputs of a feature moved away from the training baseline
 PROMOTE = "promote"  # a rollout passed every step: the challenger became champion
 DISCOVER = "discover"  # a model tagged modellane.serve is served now (or no longer)
+ALIGN = "align"  # alias champion and stage Production disagreed: the newer one was followed
 # A control-plane call failed (a registry read or write, a Serve call); it is tried again.
 ERROR = "error"
 

@@ -56,6 +56,7 @@ class Publisher:
                 allow_override=config.allow_version_override,
                 versions=memory.versions.get(name, []),
                 problem=memory.problems.get(name),
+                discovered=name in memory.discovered,
             )
         if models == self.table.models:
             return False

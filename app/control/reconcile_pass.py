@@ -20,7 +20,13 @@ from app.control import events as ev
 from app.control.context import ControlContext
 from app.control.lifecycle import Lifecycle
 from app.control.memory import logger
-from app.control.registry import Desired, desired_roles
+from app.control.registry import (
+    ChampionSignals,
+    Desired,
+    RegisteredVersion,
+    desired_roles,
+    newer_signal,
+)
 from app.settings import valid_model_name
 
 
@@ -34,6 +40,8 @@ class Reconciler:
         self._rebuilt: set[str] = set()
         #: tagged models whose names cannot be served (reported once each)
         self._unservable: set[str] = set()
+        #: model -> alias and stage champions at its last read (who changed last)
+        self._signals: dict[str, ChampionSignals] = {}
 
     async def run_pass(self) -> None:
         """One pass. The first one rebuilds the memory after a (re)start; until it ends,
@@ -65,6 +73,7 @@ class Reconciler:
             if isinstance(read, LookupError):
                 memory.problems[name] = str(read)
             elif isinstance(read, list):
+                read = await self._align(name, read)
                 roles = desired_roles(read)
                 memory.desired_roles[name] = roles
                 self._note_champion(name, roles.get(constants.ROLE_CHAMPION))
@@ -74,6 +83,41 @@ class Reconciler:
         for name in list(memory.leaving):
             await self._lifecycle.let_go(name)
         self._ctx.publisher.publish()
+
+    async def _align(self, name: str, versions: list[RegisteredVersion]) -> list[RegisteredVersion]:
+        """Alias ``champion`` and stage ``Production`` never disagree silently: the one
+        changed last wins and the other is brought in line in the registry, with an event.
+        Where the order cannot be told (a first read), the alias wins. A failed write
+        leaves the registry as it is (the alias serves) and is tried again next pass."""
+        memory = self._ctx.memory
+        signals = ChampionSignals.of(versions)
+        winner = newer_signal(signals, self._signals.get(name))
+        if winner is None:
+            self._signals[name] = signals
+            return versions
+        assert signals.alias is not None and signals.stage is not None
+        try:
+            if winner == "stage":
+                chosen = signals.stage
+                await self._ctx.registry.set_champion(name, chosen)
+                done = f"alias champion moved v{signals.alias} -> v{chosen}"
+            else:
+                chosen = signals.alias
+                stage = f"stage:{constants.STAGE_PRODUCTION}"
+                await self._ctx.registry.promote(name, chosen, stage)
+                done = f"v{chosen} moved to stage Production (v{signals.stage} archived)"
+            fresh = await self._ctx.registry.versions(name)
+        except Exception as exc:
+            memory.note_error("alignment of alias champion and stage Production", exc, name)
+            return versions
+        memory.events.add(
+            ev.ALIGN, name, chosen,
+            f"alias champion (v{signals.alias}) and stage Production (v{signals.stage}) "
+            f"disagreed; the {winner} is followed "
+            f"({'changed last' if name in self._signals else 'the order is unknown'}): {done}",
+        )  # fmt: skip
+        self._signals[name] = ChampionSignals.of(fresh)
+        return fresh
 
     async def _discover(self) -> Exception | None:
         """Serve the models the registry tags for serving, and stop serving those it no

@@ -42,6 +42,36 @@ def choose_champion(versions: list[RegisteredVersion]) -> Desired | None:
     return None
 
 
+@dataclass(frozen=True)
+class ChampionSignals:
+    """The two ways a registry names the champion: alias ``champion`` and the newest
+    version in stage ``Production``."""
+
+    alias: str | None
+    stage: str | None
+
+    @classmethod
+    def of(cls, versions: list[RegisteredVersion]) -> ChampionSignals:
+        alias = next((v.version for v in versions if constants.ROLE_CHAMPION in v.aliases), None)
+        production = [int(v.version) for v in versions if v.stage == constants.STAGE_PRODUCTION]
+        return cls(alias, str(max(production)) if production else None)
+
+    @property
+    def disagree(self) -> bool:
+        return self.alias is not None and self.stage is not None and self.alias != self.stage
+
+
+def newer_signal(now: ChampionSignals, before: ChampionSignals | None) -> str | None:
+    """Where alias and stage name different champions: the one changed last ("stage"
+    when only the stage moved since ``before``, the last read), else "alias" (it moved,
+    or the order cannot be told: a first read). None where they agree."""
+    if not now.disagree:
+        return None
+    if before is not None and now.stage != before.stage and now.alias == before.alias:
+        return "stage"
+    return "alias"
+
+
 def desired_roles(versions: list[RegisteredVersion]) -> dict[str, Desired]:
     """Every role's version: ``champion`` (see :func:`choose_champion`); ``challenger``
     from alias ``challenger``, else the newest version in stage ``Staging``; ``shadow`` from

@@ -48,6 +48,11 @@ class ModelRoutes(BaseModel):
     problem: str | None = Field(
         None, description="Why no champion is routable, when none is (for /readyz and admins)."
     )
+    discovered: bool = Field(
+        False,
+        description="Served because the registry tags it (discovery), not configured: "
+        "readiness does not wait for its champion.",
+    )
 
 
 class RoutingTable(BaseModel):
@@ -72,12 +77,17 @@ class RoutingTable(BaseModel):
         return routes.champion
 
     def unready(self) -> dict[str, str]:
-        """Models without a routable champion, with the reason."""
+        """Configured models without a routable champion, with the reason."""
         return {
-            name: routes.problem or "no healthy champion version yet"
+            name: _why(routes)
             for name, routes in self.models.items()
-            if routes.champion is None
+            if routes.champion is None and not routes.discovered
         }
+
+    def readiness(self) -> dict[str, str]:
+        """Each model: ``ok``, or why it cannot serve (a discovered model waiting for a
+        champion leaves the gateway ready)."""
+        return {n: "ok" if r.champion else _why(r) for n, r in self.models.items()}
 
     def summary(self) -> ModelList:
         return ModelList(
@@ -91,3 +101,7 @@ class RoutingTable(BaseModel):
                 for name, routes in sorted(self.models.items())
             ]
         )
+
+
+def _why(routes: ModelRoutes) -> str:
+    return routes.problem or "no healthy champion version yet"

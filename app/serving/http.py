@@ -240,7 +240,7 @@ def create_api(
         if unready:
             reasons = "; ".join(f"{name}: {why}" for name, why in sorted(unready.items()))
             return JSONResponse(error_body(503, "not_ready", f"not ready: {reasons}"), 503)
-        return Health(status="ready", detail={n: "ok" for n in dataplane.table.models})
+        return Health(status="ready", detail=dataplane.table.readiness())
 
     # The operator's web console: static files; its data comes from /admin with the key
     # the operator types in, so the page itself is public.

@@ -56,7 +56,7 @@ IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 #: Models the test gateway serves besides the demo ones, with small replicas.
 TEST_MODELS = (
     "failing", "stageonly", "swapper", "broken", "abtest", "shadowed", "canary", "drifty",
-    "sturdy", "graded",
+    "sturdy", "graded", "coldstart",
 )  # fmt: skip
 DEMO_MODELS = ("iris", "minilm", "sentiment")
 #: Every model the test gateway serves.
@@ -92,6 +92,9 @@ TEST_MODEL_SETTINGS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    # coldstart: iris v2 again; idle, at zero replicas, and a cold start longer than 1 s
+    # gets 503 with Retry-After (test_discovery).
+    "coldstart": {"idle_to_zero_s": 5, "cold_start_timeout_s": 1.0},
     "canary": {
         "rollout": {
             "steps": [20, 50, 100],
@@ -225,10 +228,11 @@ def _register_test_models(uri: str) -> None:
             )
 
     for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty", "sturdy",
-                 "graded"):  # fmt: skip
+                 "graded", "coldstart"):  # fmt: skip
         client.create_registered_model(name)
     # drifty: iris v2 again; its run holds the training data's drift baseline.
     copy("drifty", iris)
+    copy("coldstart", iris)
     # sturdy: iris v2 again, on two replicas (test_faults kills them).
     copy("sturdy", iris)
     # swapper: iris v1 and v2 again, champion v1; the hot-swap tests move it.
@@ -252,7 +256,7 @@ def _register_test_models(uri: str) -> None:
     copy("graded", weak)
     copy("graded", iris)
     for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty", "sturdy",
-                 "graded"):  # fmt: skip
+                 "graded", "coldstart"):  # fmt: skip
         client.set_registered_model_alias(name, "champion", "1")
 
 
@@ -336,6 +340,8 @@ def control_config(tracking_uri: str, http_port: int, **changes: Any) -> dict[st
     args["mlflow_tracking_uri"] = tracking_uri
     args["poll_interval_s"] = 2
     args["keep_previous_s"] = 90
+    # Models served by discovery (test_discovery): small, at zero replicas after 5 idle s.
+    args["model_defaults"] = {"num_cpus": 0.1, "idle_to_zero_s": 5, "cold_start_timeout_s": 120}
     for name in TEST_MODELS:
         args["models"][name] = {
             "num_replicas": 1,

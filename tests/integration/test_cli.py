@@ -19,7 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from app import constants
-from tests.helpers import ADMIN_KEY, PREDICT_KEY, REPO
+from tests.helpers import ADMIN_KEY, PREDICT_KEY, REPO, wait_for
 from tests.integration.conftest import DEMO_MODELS, IRIS_COLUMNS, SERVED_MODELS, TEST_MODELS
 from tests.integration.roles import Roles
 from tests.load import Load
@@ -254,9 +254,41 @@ def test_register_a_scikit_learn_model(cli: Cli, registry: str, tmp_path: Path) 
     assert str(mlflow.get_model_version_by_alias(name, "champion").version) == "1"
     inputs = _signature_inputs(registry, name, "1")
     assert [(c["name"], c["type"]) for c in inputs] == [(c, "double") for c in IRIS_COLUMNS]
+    # Nothing serves it (not in the config, not tagged): the CLI says so, and how to fix it.
+    assert made["served"] is False and "--serve" in made["note"], made
     again = cli("register", str(tmp_path / "t.pkl"), "--name", name,
                 "--sample", str(tmp_path / "sample.csv"))  # fmt: skip
     assert again.returncode == 0 and f"registered {name} v2 (sklearn)" in again.stdout
+    assert f"nothing serves {name}" in again.stderr
+
+
+def test_register_serve_tags_the_model_for_discovery(
+    cli: Cli, client: httpx.Client, registry: str, tmp_path: Path
+) -> None:
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    data = load_iris(as_frame=True)
+    frame = data.data.set_axis(IRIS_COLUMNS, axis=1)
+    joblib.dump(LogisticRegression(max_iter=200).fit(frame, data.target), tmp_path / "m.pkl")
+    frame.head(20).to_csv(tmp_path / "sample.csv", index=False)
+    name = f"cli-served-{uuid.uuid4().hex[:8]}"
+    mlflow = MlflowClient(registry)
+    try:  # no alias champion: discovered, but nothing to deploy yet
+        made = cli.json("register", str(tmp_path / "m.pkl"), "--name", name, "--serve",
+                        "--sample", str(tmp_path / "sample.csv"))  # fmt: skip
+        assert made["serve"] is True and made["served"] is not False, made
+        assert mlflow.get_registered_model(name).tags[constants.TAG_SERVE] == "true"
+        wait_for(lambda: client.get(f"/admin/models/{name}").status_code == 200, 120,
+                 f"{name} discovered")  # fmt: skip
+        problem = client.get("/readyz").json()["detail"].get(name, "")
+        assert "champion" in problem, problem  # served once a version holds alias champion
+    finally:
+        mlflow.delete_registered_model(name)
+    client.post("/admin/reload")
+    wait_for(lambda: client.get(f"/admin/models/{name}").status_code == 404, 120,
+             f"{name} no longer served")  # fmt: skip
 
 
 def test_register_text_models(cli: Cli, registry: str, tmp_path: Path) -> None:

@@ -161,3 +161,20 @@ async def test_a_model_at_zero_is_measured_for_drift_only_after_new_requests() -
     await stack.parts.drift.measure_all()
     await stack.parts.drift.measure_all()
     assert calls == ["iris", "iris", "wine", "iris"]
+
+
+@async_test
+async def test_a_discovered_model_without_a_champion_leaves_the_gateway_ready() -> None:
+    stack = await _stack()
+    stack.registry.register("fresh", "1")  # registered with --serve, no champion yet
+    _tag(stack, "fresh", "true")
+    await stack.reconcile()
+    table = stack.parts.publisher.table
+    assert table.models["fresh"].discovered and table.models["fresh"].champion is None
+    assert table.unready() == {}
+    assert "champion" in table.readiness()["fresh"] and table.readiness()["iris"] == "ok"
+    stack.registry.alias("iris", "champion", None)
+    stack.serve.apps.clear()  # a configured model that cannot serve: not ready
+    stack.parts.memory.states["iris"].champion = None
+    await stack.reconcile()
+    assert set(stack.parts.publisher.table.unready()) == {"iris"}
