@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from click.testing import Result
 from fastapi import FastAPI
 from mlflow.exceptions import MlflowException
@@ -37,6 +36,7 @@ from app.serving.dataplane import DataPlane
 from app.serving.errors import Conflict, ModelNotFound
 from app.serving.http import create_api
 from tests.helpers import REPO
+from tests.unit.cli.served_app import ServedApp
 from tests.unit.serving.test_http import Backends, target
 
 ADMIN_KEY = "ml_cli_admin_key_for_tests"
@@ -364,28 +364,6 @@ def make_api(world: World) -> FastAPI:
         control=world,
         authenticator=Authenticator(settings, KeyStore.from_settings(settings, environ={})),
     )
-
-
-class ServedApp:
-    """An ASGI app served by uvicorn on a free loopback port, in a thread."""
-
-    def __init__(self, app: FastAPI) -> None:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self._thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self._thread.join(10)
 
 
 @pytest.fixture
