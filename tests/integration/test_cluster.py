@@ -81,6 +81,9 @@ def cluster(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             # Versions a test moved away from stay warm while the tests run, so that
             # putting a champion back after a test is a switch, not a deploy.
             "keep_previous_s": 600,
+            # Only spread: the registry's tagged models (the demo's wine) are not this
+            # module's to serve.
+            "discover": {"enabled": False},
             "auth": {
                 "keys": [
                     {"name": "ops", "sha256": hash_key(ADMIN_KEY), "scopes": ["admin"]},
