@@ -186,8 +186,6 @@ class ModelDeploymentConfig(BatchSettings):
             "max_replicas": self.num_replicas or 1,
             "upscale_delay_s": 0.0,
             "downscale_delay_s": self.idle_to_zero_s,
-            # Ray averages the load over this window before it decides to scale down.
-            "look_back_period_s": max(2.0, min(30.0, self.idle_to_zero_s / 2)),
             **(self.autoscaling_config or {}),
         }
         scaling["min_replicas"] = 0

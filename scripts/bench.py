@@ -9,7 +9,8 @@ Every figure is a ratio of two measurements taken in this same run, because shar
 machines are noisy. The load generator is ``wrk`` (Debian's package; installed here if
 missing), pinned to the last core where the machine has more than one; its own ceiling is
 measured once against a trivial endpoint so the table says whether the client or the
-server was the bottleneck. Everything listens on 127.0.0.1 and stops at the end.
+server was the bottleneck. Last, 20 models served by discovery (scripts/bench_discovery.py;
+``--no-discovery`` skips it). Everything listens on 127.0.0.1 and stops at the end.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import bench_load  # noqa: E402  (scripts/, beside this file)
+import bench_discovery  # noqa: E402  (scripts/, beside this file)
+import bench_load  # noqa: E402
 
 from app.security.auth import generate_key, hash_key  # noqa: E402
 
@@ -338,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, default=None, help="Ray's CPUs (default: cores)")
     parser.add_argument("--quick", action="store_true", help="5 s runs, 2 s warm-up")
     parser.add_argument("--out", type=Path, default=REPO / "bench")
+    parser.add_argument("--no-discovery", dest="discovery", action="store_false",
+                        help="skip the 20 discovered models (memory, cold starts)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup = 5.0, 2.0
@@ -540,7 +544,7 @@ def bench_serving(
             ],
             work / "mlflow-serve.log",
             env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
-        ):
+        ) as peer:
             wait_for(
                 lambda: (
                     httpx.get(f"http://127.0.0.1:{peer_port}/ping", timeout=2).status_code == 200
@@ -548,6 +552,7 @@ def bench_serving(
                 180,
                 "mlflow models serve",
             )
+            results["peer_memory"] = {"idle": bench_discovery.tree_rss_mb(peer.pid)}
             runs["iris_mlflow_serve"] = wrk(
                 "iris on mlflow models serve",
                 f"http://127.0.0.1:{peer_port}/invocations",
@@ -687,6 +692,25 @@ def bench_serving(
                     **measure,
                 )
         results["inference_log"] = _log_figures(log_dir)
+
+        # 9. Models served by discovery: the stack's memory with them idle and hot, cold
+        # starts, and iris's p99 while they start (scripts/bench_discovery.py).
+        def redeploy(model_defaults: dict[str, Any]) -> None:
+            config = control_config(tracking_uri, port, args.gateway_replicas, 1, None)
+            config["applications"][0]["args"]["model_defaults"] = model_defaults
+            replicas = _gateway_replicas(admin)
+            deploy(config)
+            wait_for(lambda: _gateway_replicas(admin).isdisjoint(replicas), 300, "new gateway")
+            wait_for(lambda: admin.get("/readyz").status_code == 200, 300, "ready")
+
+        if args.discovery:
+            found: dict[str, Any] = results.setdefault("discovery", {})
+            try:
+                bench_discovery.measure(found, args, redeploy, registry, wrk, base, admin,
+                                        PREDICT_KEY, iris_body, runs)  # fmt: skip
+            except Exception as exc:  # the other sections' figures are still written
+                found["error"] = repr(exc)
+                print(f"[bench] discovery failed: {exc!r}")
         admin.close()
     finally:
         with contextlib.suppress(Exception):
@@ -726,6 +750,7 @@ def bench_serving(
         runs["iris_log_on_1"].rps + runs["iris_log_on_2"].rps,
         runs["iris_log_off_1"].rps + runs["iris_log_off_2"].rps,
     )
+    ratios.update(results.get("discovery", {}).get("ratios", {}))
 
 
 TARGETS = [
@@ -744,6 +769,10 @@ TARGETS = [
     ("iris_replica_rss_mb", "<=", 250, "resident MB of an idle scikit-learn version replica"),
     ("swap_p99_vs_steady", "<=", 2.0, "p99 during a champion switch / steady"),
     ("log_throughput", ">=", 0.95, "iris throughput with every prediction logged / no log"),
+    ("discovery_idle_rss_vs_demo", "<=", 1.5,
+     "stack resident memory, 20 discovered models at zero / the demo models only"),
+    ("discovery_hot_p99_vs_steady", "<=", 1.5,
+     "iris p99 while discovered models cold-start / steady"),
 ]  # fmt: skip
 
 
@@ -824,6 +853,7 @@ def write(out: Path, results: dict[str, Any]) -> None:
             f"{results['settings']['minilm_batch']} / batch 1, in one process): "
             f"{results['ratios']['encode_batching_gain']}x."
         )
+    lines += bench_discovery.markdown(results)
     table = "\n".join(lines) + "\n"
     (out / "results.md").write_text(table)
     print("\n" + table)

@@ -57,13 +57,29 @@ class DriftMonitor:
         }
 
     async def measure_all(self) -> None:
+        awake: set[str] | None = None  # apps with a running replica, read once if needed
         for name, state in list(self._memory.states.items()):
             if state.champion is None or not self._had_traffic(name, state.champion.version):
                 continue
+            if self._memory.settings(name).idle_to_zero_s is not None:
+                if awake is None:
+                    awake = await self._awake()
+                if state.champion.app_name not in awake:
+                    continue  # at zero already: a drift call would start a replica
             try:
                 await self.measure(name, state.champion)
             except Exception as exc:
                 self._memory.note_error("drift measurement", exc, name, state.champion.version)
+
+    async def _awake(self) -> set[str]:
+        """Applications with a running replica; none where Serve cannot say (then no
+        scale-to-zero version is measured this time: waking one is the worse mistake)."""
+        try:
+            details = await self._serve.details()
+        except Exception as exc:
+            self._memory.note_error("replica states for drift", exc, then="measured next time")
+            return set()
+        return {app for app, d in details.items() if d.get("replicas", {}).get("RUNNING", 0) > 0}
 
     def _had_traffic(self, name: str, version: str) -> bool:
         """Whether to measure now. A version that scales to zero is measured only after

@@ -161,6 +161,13 @@ async def test_a_model_at_zero_is_measured_for_drift_only_after_new_requests() -
     await stack.parts.drift.measure_all()
     await stack.parts.drift.measure_all()
     assert calls == ["iris", "iris", "wine", "iris"]
+    # Requests, then the version went to zero before the next measurement: not woken.
+    stack.report("wine", {"1": arm(9)})
+    stack.serve.replicas["wine-v1"] = {}
+    await stack.parts.drift.measure_all()
+    stack.serve.replicas["wine-v1"] = {"RUNNING": 1}
+    await stack.parts.drift.measure_all()  # nothing new since: still not measured
+    assert calls == ["iris", "iris", "wine", "iris", "iris", "iris"]
 
 
 @async_test
