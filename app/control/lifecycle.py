@@ -49,6 +49,8 @@ class Lifecycle:
         self._deploys: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._deploying: dict[tuple[str, str], Desired] = {}
         self._background: set[asyncio.Task[None]] = set()
+        #: applications being deleted now (a deletion waits for Serve's graceful stop)
+        self._deleting: set[str] = set()
         self._switched = asyncio.Condition()
         #: models whose previous champion could not be read after a restart
         self._previous_unknown: set[str] = set()
@@ -129,16 +131,27 @@ class Lifecycle:
             if version and app_name not in state.serving_apps() and version not in wanted:
                 state.retire_at.setdefault(app_name, now + memory.args.keep_previous_s)
         for app_name in decide.due_for_retirement(state, now):
-            if app_name in self.statuses:
-                try:
-                    await self._ctx.serve.delete(app_name)
-                except Exception as exc:
-                    memory.note_error(f"delete {app_name}", exc, name)
-                    continue  # still due: deleted at the next pass
-                memory.events.add(
-                    ev.RETIRE, name, decide.version_of_app(name, app_name), f"deleted {app_name}"
-                )
-            decide.retired(state, app_name)
+            if app_name not in self.statuses:
+                decide.retired(state, app_name)
+            elif app_name not in self._deleting:
+                # In the background: Serve's deletion waits for its replicas' graceful stop
+                # (up to 30 s), and the pass must not: a switch may be waiting behind it.
+                self._deleting.add(app_name)
+                self._spawn(self._delete(name, state, app_name))
+
+    async def _delete(self, name: str, state: decide.ModelState, app_name: str) -> None:
+        memory = self._ctx.memory
+        try:
+            await self._ctx.serve.delete(app_name)
+        except Exception as exc:
+            memory.note_error(f"delete {app_name}", exc, name)
+            return  # still due: deleted at a later pass
+        finally:
+            self._deleting.discard(app_name)
+        memory.events.add(
+            ev.RETIRE, name, decide.version_of_app(name, app_name), f"deleted {app_name}"
+        )
+        decide.retired(state, app_name)
 
     # -- a discovered model no longer served ---------------------------------------------
 
@@ -170,7 +183,8 @@ class Lifecycle:
         await self._retire(name, state, {}, memory.clock.time())
         running = any(decide.version_of_app(name, app) for app in self.statuses)
         deploying = any(model == name for model, _ in self._deploys)
-        if not state.retire_at and not running and not deploying:
+        deleting = any(decide.version_of_app(name, app) for app in self._deleting)
+        if not state.retire_at and not running and not deploying and not deleting:
             del memory.leaving[name]
 
     # -- after a restart ---------------------------------------------------------------
@@ -240,6 +254,11 @@ class Lifecycle:
         self._deploys[(name, role)] = asyncio.get_running_loop().create_task(
             self._deploy(name, role, desired)
         )
+
+    @property
+    def deleting(self) -> frozenset[str]:
+        """Applications whose deletion is under way."""
+        return frozenset(self._deleting)
 
     def deploying(self) -> list[asyncio.Task[None]]:
         return list(self._deploys.values())

@@ -54,7 +54,11 @@ class Reconciler:
 
     async def _pass(self) -> None:
         memory = self._ctx.memory
-        self._lifecycle.statuses = await self._ctx.serve.statuses()
+        statuses = await self._ctx.serve.statuses()
+        # An application being deleted is gone already: never routed to, never "warm".
+        self._lifecycle.statuses = {
+            app: status for app, status in statuses.items() if app not in self._lifecycle.deleting
+        }
         discovery_error = await self._discover()
         names = list(memory.states)
         reads = await asyncio.gather(
