@@ -250,6 +250,8 @@ class Lifecycle:
     # -- deploy --------------------------------------------------------------------------
 
     def _start_deploy(self, name: str, role: str, desired: Desired) -> None:
+        if constants.version_app_name(name, desired.version) in self._deleting:
+            return  # deployed anew at a pass after its deletion ends, never into it
         self._deploying[(name, role)] = desired
         self._deploys[(name, role)] = asyncio.get_running_loop().create_task(
             self._deploy(name, role, desired)

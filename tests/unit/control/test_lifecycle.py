@@ -360,3 +360,33 @@ async def test_a_restart_while_serve_recovers_replicas_adopts_only_a_version_wit
     gate.set()
     await stack.parts.lifecycle.settle()
     assert stack.serving("iris") == "1"
+
+
+@async_test
+async def test_a_slow_deletion_never_holds_up_a_pass_nor_is_its_version_taken_as_warm() -> None:
+    """Serve's deletion waits for its replicas' graceful stop: the pass goes on (a switch
+    of another model behind it is not delayed), and the version being deleted is deployed
+    anew, never switched to, if the registry wants it back meanwhile."""
+    stack = await _serving_v1()
+    stack.registry.alias("iris", "champion", "2")
+    await stack.reconcile()
+    stopping = asyncio.Event()
+    delete = stack.serve.delete
+
+    async def slow_delete(app_name: str) -> None:
+        await stopping.wait()
+        await delete(app_name)
+
+    stack.serve.delete = slow_delete  # type: ignore[method-assign]
+    stack.clock.advance(31)  # v1's keep-warm time is up
+    await asyncio.wait_for(stack.parts.reconciler.run_pass(), 1.0)  # not held by the delete
+    assert stack.parts.lifecycle.deleting == {V1}
+    stack.registry.alias("iris", "champion", "1")  # v1 wanted back while it is deleted
+    await asyncio.wait_for(stack.parts.reconciler.run_pass(), 1.0)
+    await run_ready()
+    assert stack.serving("iris") == "2"  # not switched to an application being deleted
+    stopping.set()
+    await stack.reconcile()
+    await stack.reconcile()
+    assert stack.serving("iris") == "1"  # deployed again, then switched
+    assert ("deploy", V1) in stack.serve.log[-4:]
