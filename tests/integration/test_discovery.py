@@ -3,7 +3,7 @@
 ``found`` is registered here (iris v1 and v2 again, champion v1) and served only while it
 carries the tag ``modellane.serve=true``, with the test stack's ``model_defaults``: at zero
 replicas after 5 idle seconds, a cold start waited for up to 120 s. ``coldstart`` (a
-configured model, conftest) waits at most 1 s. Each test tags what it needs and untags
+configured model, conftest) waits at most 3 s. Each test tags what it needs and untags
 it before it ends, waiting until the gateway no longer routes the model.
 """
 
