@@ -24,6 +24,7 @@ from app.control import reconcile as decide
 from app.control.context import ControlContext
 from app.control.memory import iso, logger
 from app.control.registry import Desired, RegisteredVersion
+from app.control.retirement import Retirement
 from app.control.rollout import RolloutPolicy
 from app.control.rollout_driver import RolloutDriver
 from app.control.routing import Target
@@ -49,8 +50,8 @@ class Lifecycle:
         self._deploys: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._deploying: dict[tuple[str, str], Desired] = {}
         self._background: set[asyncio.Task[None]] = set()
-        #: applications being deleted now (a deletion waits for Serve's graceful stop)
-        self._deleting: set[str] = set()
+        #: versions out of every role: kept warm, then deleted in the background
+        self.retirement = Retirement(ctx, self._spawn)
         self._switched = asyncio.Condition()
         #: models whose previous champion could not be read after a restart
         self._previous_unknown: set[str] = set()
@@ -121,71 +122,16 @@ class Lifecycle:
     async def _retire(
         self, name: str, state: decide.ModelState, roles: dict[str, Desired], now: float
     ) -> None:
-        """Versions in no role: keep warm for ``keep_previous_s``, then delete. A version
-        the registry wants in a role is never put up for deletion."""
-        memory = self._ctx.memory
+        """Versions in no role go to :class:`Retirement`; a version the registry wants in a
+        role, or being deployed for one, is never put up for deletion."""
         wanted = {d.version for d in roles.values()}
         wanted |= {d.version for (m, _), d in self._deploying.items() if m == name}
-        for app_name in self.statuses:
-            version = decide.version_of_app(name, app_name)
-            if version and app_name not in state.serving_apps() and version not in wanted:
-                state.retire_at.setdefault(app_name, now + memory.args.keep_previous_s)
-        for app_name in decide.due_for_retirement(state, now):
-            if app_name not in self.statuses:
-                decide.retired(state, app_name)
-            elif app_name not in self._deleting:
-                # In the background: Serve's deletion waits for its replicas' graceful stop
-                # (up to 30 s), and the pass must not: a switch may be waiting behind it.
-                self._deleting.add(app_name)
-                self._spawn(self._delete(name, state, app_name))
-
-    async def _delete(self, name: str, state: decide.ModelState, app_name: str) -> None:
-        memory = self._ctx.memory
-        try:
-            await self._ctx.serve.delete(app_name)
-        except Exception as exc:
-            memory.note_error(f"delete {app_name}", exc, name)
-            return  # still due: deleted at a later pass
-        finally:
-            self._deleting.discard(app_name)
-        memory.events.add(
-            ev.RETIRE, name, decide.version_of_app(name, app_name), f"deleted {app_name}"
-        )
-        decide.retired(state, app_name)
-
-    # -- a discovered model no longer served ---------------------------------------------
-
-    def stop_serving(self, name: str) -> None:
-        """The registry no longer tags ``name`` for serving (or deleted it): route nothing
-        to it from now on; its versions stay warm for ``keep_previous_s`` (tagged again
-        meanwhile, it serves at once), then :meth:`let_go` deletes them."""
-        memory = self._ctx.memory
-        rollout = memory.rollouts.pop(name, None)
-        state = memory.stop_serving(name)
-        until = memory.clock.time() + memory.args.keep_previous_s
-        for target in (state.champion, state.challenger, state.shadow, state.previous):
-            if target is not None:
-                state.retire_at.setdefault(target.app_name, until)
-        state.champion = state.challenger = state.shadow = state.previous = None
-        state.weight = 0.0
-        ended = f"; its rollout of v{rollout.version} ended" if rollout is not None else ""
-        memory.events.add(
-            ev.DISCOVER, name, message=f"no longer tagged for serving (or deleted): not "
-            f"routed any more; its versions are deleted in {memory.args.keep_previous_s:g}s"
-            f"{ended}",
-        )  # fmt: skip
-        self._ctx.publisher.publish()
+        await self.retirement.retire(name, state, wanted, self.statuses, now)
 
     async def let_go(self, name: str) -> None:
         """Delete the versions of a model no longer served, once their time is up."""
-        memory = self._ctx.memory
-        state = memory.leaving[name]
-        await self._retire(name, state, {}, memory.clock.time())
-        running = any(decide.version_of_app(name, app) for app in self.statuses)
         deploying = any(model == name for model, _ in self._deploys)
-        deleting = any(decide.version_of_app(name, app) for app in self._deleting)
-        if not state.retire_at and not running and not deploying and not deleting:
-            del memory.leaving[name]
+        await self.retirement.let_go(name, self.statuses, deploying)
 
     # -- after a restart ---------------------------------------------------------------
 
@@ -250,17 +196,12 @@ class Lifecycle:
     # -- deploy --------------------------------------------------------------------------
 
     def _start_deploy(self, name: str, role: str, desired: Desired) -> None:
-        if constants.version_app_name(name, desired.version) in self._deleting:
+        if constants.version_app_name(name, desired.version) in self.retirement.deleting:
             return  # deployed anew at a pass after its deletion ends, never into it
         self._deploying[(name, role)] = desired
         self._deploys[(name, role)] = asyncio.get_running_loop().create_task(
             self._deploy(name, role, desired)
         )
-
-    @property
-    def deleting(self) -> frozenset[str]:
-        """Applications whose deletion is under way."""
-        return frozenset(self._deleting)
 
     def deploying(self) -> list[asyncio.Task[None]]:
         return list(self._deploys.values())

@@ -56,9 +56,8 @@ class Reconciler:
         memory = self._ctx.memory
         statuses = await self._ctx.serve.statuses()
         # An application being deleted is gone already: never routed to, never "warm".
-        self._lifecycle.statuses = {
-            app: status for app, status in statuses.items() if app not in self._lifecycle.deleting
-        }
+        deleting = self._lifecycle.retirement.deleting
+        self._lifecycle.statuses = {a: s for a, s in statuses.items() if a not in deleting}
         discovery_error = await self._discover()
         names = list(memory.states)
         reads = await asyncio.gather(
@@ -156,7 +155,7 @@ class Reconciler:
             )  # fmt: skip
         for name in sorted(memory.discovered - wanted):
             self._rebuilt.discard(name)
-            self._lifecycle.stop_serving(name)
+            self._lifecycle.retirement.stop_serving(name)
         return None
 
     def _note_registry(self, error: BaseException | None) -> None:

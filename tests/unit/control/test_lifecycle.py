@@ -380,7 +380,7 @@ async def test_a_slow_deletion_never_holds_up_a_pass_nor_is_its_version_taken_as
     stack.serve.delete = slow_delete  # type: ignore[method-assign]
     stack.clock.advance(31)  # v1's keep-warm time is up
     await asyncio.wait_for(stack.parts.reconciler.run_pass(), 1.0)  # not held by the delete
-    assert stack.parts.lifecycle.deleting == {V1}
+    assert stack.parts.lifecycle.retirement.deleting == {V1}
     stack.registry.alias("iris", "champion", "1")  # v1 wanted back while it is deleted
     await asyncio.wait_for(stack.parts.reconciler.run_pass(), 1.0)
     await run_ready()
