@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app import constants
+from app.alerts.settings import AlertSettings
 from app.control.rollout import RolloutPolicy
 from app.quality.drift import DriftSettings
 from app.security.auth import AuthSettings
@@ -373,6 +374,11 @@ class AppArgs(BaseModel):
         default_factory=DriftSettings,
         description="Input drift: how often it is measured, the window, the PSI threshold, "
         "the alert cool-down and webhook.",
+    )
+    alerts: AlertSettings = Field(
+        default_factory=AlertSettings,
+        description="Where alerts go (a webhook, e-mail over SMTP) and how often: drift, "
+        "rollbacks, failed loads, the registry unreachable.",
     )
     routing_key_header: str = Field(
         default=constants.DEFAULT_ROUTING_KEY_HEADER,

@@ -138,6 +138,8 @@ class WatcherMetrics:
     quality: Gauge
     labels: Counter
     log_lost: Counter
+    alerts_sent: Counter
+    alert_failures: Counter
 
 
 @functools.cache
@@ -174,6 +176,17 @@ def watcher_metrics() -> WatcherMetrics:
             "modellane_log_records_lost_total",
             "Inference-log records a gateway replica held unwritten when it ended without "
             "a flush (a crash), as of its last report.",
+        ),
+        alerts_sent=Counter(
+            "modellane_alerts_sent_total",
+            "Alerts delivered, by sink (webhook, email) and kind.",
+            tag_keys=_keys("sink", "kind"),
+        ),
+        alert_failures=Counter(
+            "modellane_alert_failures_total",
+            "Failed alert deliveries, by sink and kind: every failed attempt (retried with "
+            "back-off, or given up) and every alert dropped because too many were in flight.",
+            tag_keys=_keys("sink", "kind"),
         ),
     )
 

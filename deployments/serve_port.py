@@ -84,6 +84,12 @@ class RayControlMetrics:
     def log_lost(self, count: int) -> None:
         watcher_metrics().log_lost.inc(count)
 
+    def alert_sent(self, sink: str, kind: str) -> None:
+        watcher_metrics().alerts_sent.inc(tags={"sink": sink, "kind": kind})
+
+    def alert_failed(self, sink: str, kind: str) -> None:
+        watcher_metrics().alert_failures.inc(tags={"sink": sink, "kind": kind})
+
 
 def failure_reason(texts: list[str], error: BaseException) -> str:
     """The last exception line found in ``texts`` (a replica's traceback, Serve's message,

@@ -154,9 +154,10 @@ class Admin:
                 model=name,
                 version=target,
             ) from exc
-        memory.events.add(
-            kind, name, target, f"{why}: alias 'champion' moved v{current} -> v{target}"
-        )
+        message = f"{why}: alias 'champion' moved v{current} -> v{target}"
+        memory.events.add(kind, name, target, message)
+        if kind == ev.ROLLBACK:
+            memory.alert("rollback", name, target, message)
         self._ctx.wake()
         switched = await self._lifecycle.wait_for_champion(name, target, self._switch_wait_s)
         return RollbackResult(

@@ -256,6 +256,7 @@ class Lifecycle:
             name, version, {constants.TAG_LOAD_ERROR: reason, constants.TAG_FAILED_AT: iso(now)}
         )
         memory.events.add(ev.FAILURE, name, version, f"{app_name} failed: {reason}")
+        memory.alert("failed_load", name, version, f"{app_name} failed to load: {reason}")
         memory.events.add(
             ev.RETRY, name, version,
             f"attempt {failure.attempts + 1} in {failure.next_try_at - now:.0f}s",

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
+from app.alerts import Alerts, NoAlerts
 from app.control import events as ev
 from app.control.events import EventLog
 from app.control.ports import Clock, ControlMetrics
@@ -50,6 +52,8 @@ class ControlMemory:
         self.rollouts: dict[str, Rollout] = {}
         #: gateway replica -> its latest cumulative figures
         self.reports: dict[str, dict[str, Any]] = {}
+        #: where alerts go (set by app.control.plane.build)
+        self.alerts: Alerts | NoAlerts = NoAlerts()
 
     def settings(self, name: str) -> ModelDeploymentConfig:
         """A served model's settings: its own under ``models:``, else ``model_defaults``."""
@@ -113,6 +117,16 @@ class ControlMemory:
     def champion_version(self, name: str) -> str | None:
         champion = self.states[name].champion
         return champion.version if champion is not None else None
+
+    def alert(
+        self, kind: str, model: str | None, version: str | None, message: str,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """Tell operators (webhook, e-mail; :mod:`app.alerts`) without waiting for it.
+
+        Kinds: drift, rollback, failed_load, registry_unreachable, and blocked_promotion,
+        which approvals will raise here once they exist. The caller records its event."""
+        self.alerts.send(kind, model, version, message, details)
 
     def note_error(
         self, operation: str, error: BaseException, model: str | None = None,

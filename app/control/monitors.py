@@ -2,17 +2,14 @@
 
 Every ``drift.interval_s`` the monitor asks the champion's replicas for their drift
 figures (:mod:`app.quality.drift` computes them); a feature over the threshold becomes a
-``drift`` event and, where ``drift.webhook_url`` is set, a POST to it, at most once per
-feature per ``drift.cooldown_s`` (:class:`~app.quality.drift.Alerter`).
+``drift`` event and an alert (:mod:`app.alerts`: ``drift.webhook_url``, ``alerts.webhook_url``,
+``alerts.email``), at most once per feature per ``drift.cooldown_s``
+(:class:`~app.quality.drift.Alerter`).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
-
-import httpx
 
 from app.control import events as ev
 from app.control.memory import ControlMemory
@@ -21,28 +18,15 @@ from app.control.routing import Target
 from app.quality.drift import Alerter, FeatureDrift
 from app.serving.errors import ModelNotFound
 
-#: Sends one alert (a JSON payload) to the webhook.
-PostAlert = Callable[[str, dict[str, Any]], Awaitable[None]]
-
-
-async def post_json(url: str, payload: dict[str, Any]) -> None:
-    async with httpx.AsyncClient(timeout=5) as client:
-        answer = await client.post(url, json=payload)
-        answer.raise_for_status()
-
 
 class DriftMonitor:
-    def __init__(
-        self, memory: ControlMemory, serve: ServePort, post: PostAlert = post_json
-    ) -> None:
+    def __init__(self, memory: ControlMemory, serve: ServePort) -> None:
         self._memory = memory
         self._serve = serve
-        self._post = post
         self._reports: dict[str, dict[str, Any]] = {}
         self._alerters: dict[str, Alerter] = {}
         #: (model, version) -> requests counted at its last measurement (scale-to-zero models)
         self._measured_at: dict[tuple[str, str], int] = {}
-        self._background: set[asyncio.Task[None]] = set()
 
     def report(self, name: str) -> dict[str, Any]:
         """The latest drift figures of the model's champion."""
@@ -106,28 +90,11 @@ class DriftMonitor:
                 f"(KL {result.kl or 0:.3f}, {result.window} live values)"
             )
             memory.events.add(ev.DRIFT, name, champion.version, message)
-            if settings.webhook_url:
-                task = asyncio.get_running_loop().create_task(
-                    self._alert(name, champion.version, result, message)
-                )
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-
-    async def _alert(self, name: str, version: str, result: FeatureDrift, message: str) -> None:
-        memory = self._memory
-        payload = {
-            "kind": "drift",
-            "model": name,
-            "version": version,
-            "feature": result.feature,
-            "psi": result.psi,
-            "kl": result.kl,
-            "threshold": memory.args.drift.threshold,
-            "window": result.window,
-            "message": message,
-            "time": memory.clock.time(),
-        }
-        try:
-            await self._post(str(memory.args.drift.webhook_url), payload)
-        except Exception as exc:  # an alert that cannot be delivered is noted, never fatal
-            memory.note_error("drift webhook", exc, name, version, then="not sent again")
+            details = {
+                "feature": result.feature,
+                "psi": result.psi,
+                "kl": result.kl,
+                "threshold": settings.threshold,
+                "window": result.window,
+            }
+            memory.alert("drift", name, champion.version, message, details)

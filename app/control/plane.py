@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import smtplib
 from dataclasses import dataclass, field
 
 from app import constants
+from app.alerts import Alerts, EmailSink, WebhookSink
+from app.alerts.sinks import PostJson, Sink, SmtpFactory, post_json
 from app.control.admin import Admin
 from app.control.context import ControlContext
 from app.control.events import EventLog
 from app.control.lifecycle import Lifecycle
 from app.control.memory import ControlMemory
-from app.control.monitors import DriftMonitor, PostAlert, post_json
+from app.control.monitors import DriftMonitor
 from app.control.outbox import Outbox
 from app.control.ports import Clock, ControlMetrics, QualityPort, RegistryPort, ServePort
 from app.control.publisher import Publisher
@@ -73,11 +76,13 @@ def build(
     registry: RegistryPort,
     clock: Clock,
     metrics: ControlMetrics,
-    post_alert: PostAlert = post_json,
+    post_alert: PostJson = post_json,
     switch_wait_s: float = constants.DEFAULT_ROLLBACK_WAIT_S,
     quality: QualityPort | None = None,
+    smtp: SmtpFactory = smtplib.SMTP,
 ) -> ControlParts:
     memory = ControlMemory(args, EventLog(clock=clock.time), clock, metrics)
+    memory.alerts = _alerts(args, memory, post_alert, smtp)
     wake_event = asyncio.Event()
     outbox = Outbox(registry, memory)
     publisher = Publisher(memory)
@@ -93,7 +98,25 @@ def build(
         lifecycle=lifecycle,
         reconciler=Reconciler(ctx, lifecycle),
         admin=Admin(ctx, lifecycle, rollouts, switch_wait_s, quality_loop),
-        drift=DriftMonitor(memory, serve, post_alert),
+        drift=DriftMonitor(memory, serve),
         quality=quality_loop,
         wake_event=wake_event,
     )
+
+
+def _alerts(args: AppArgs, memory: ControlMemory, post: PostJson, smtp: SmtpFactory) -> Alerts:
+    """Every alert to ``alerts.webhook_url`` and ``alerts.email``; drift alerts to
+    ``drift.webhook_url`` as well (where it is another URL)."""
+    settings = args.alerts
+    sinks: list[Sink] = []
+    if settings.webhook_url:
+        sinks.append(WebhookSink(settings.webhook_url, post))
+    if settings.email is not None:
+        sinks.append(EmailSink(settings.email, smtp))
+    drift_only: list[Sink] = []
+    if args.drift.webhook_url:
+        drift_only.append(WebhookSink(str(args.drift.webhook_url), post))
+    return Alerts(
+        settings, sinks, memory.clock.time, memory.metrics, memory.note_error,
+        kind_sinks={"drift": drift_only},
+    )  # fmt: skip

@@ -147,6 +147,14 @@ class ControlMetrics(Protocol):
         """Inference-log records a gateway replica held when it ended without a flush."""
         ...
 
+    def alert_sent(self, sink: str, kind: str) -> None:
+        """One alert delivered by one sink (webhook, email)."""
+        ...
+
+    def alert_failed(self, sink: str, kind: str) -> None:
+        """One failed delivery attempt of an alert (retried or given up), or one dropped."""
+        ...
+
 
 class SystemClock:
     def time(self) -> float:

@@ -162,9 +162,9 @@ class Reconciler:
         memory = self._ctx.memory
         if error is not None and self.registry_ok:
             self.registry_ok = False
-            memory.events.add(
-                ev.REGISTRY_UNREACHABLE, message=f"serving goes on from what is loaded: {error}"
-            )
+            message = f"serving goes on from what is loaded: {error}"
+            memory.events.add(ev.REGISTRY_UNREACHABLE, message=message)
+            memory.alert("registry_unreachable", None, None, message)
             logger.warning("MLflow registry unreachable: %s", error)
         elif error is not None:
             memory.metrics.control_error("", "registry read")

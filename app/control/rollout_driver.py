@@ -232,6 +232,7 @@ class RolloutDriver:
             # The outcome shows last, once the registry says the same.
             memory.rollouts[name] = rollout_mod.finish(rollout, status, reason, gates)
             memory.events.add(ev.ROLLBACK, name, rollout.version, message)
+            memory.alert("rollback", name, rollout.version, message)
             memory.metrics.rollback(name, rollout.version)
         finally:
             self._ending.pop(name, None)

@@ -64,6 +64,12 @@ class FakeMetrics:
     def log_lost(self, count: int) -> None:
         self._note("log_lost", count)
 
+    def alert_sent(self, sink: str, kind: str) -> None:
+        self._note("alert_sent", sink, kind)
+
+    def alert_failed(self, sink: str, kind: str) -> None:
+        self._note("alert_failed", sink, kind)
+
     def of(self, kind: str) -> list[tuple[Any, ...]]:
         return [args for k, args in self.calls if k == kind]
 
