@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from app import constants
 from app.alerts.settings import AlertSettings
+from app.batch.spec import JobSettings
 from app.control.rollout import RolloutPolicy
 from app.quality.drift import DriftSettings
 from app.security.auth import AuthSettings
@@ -391,6 +392,10 @@ class AppArgs(BaseModel):
     feedback: FeedbackSettings = Field(
         default_factory=FeedbackSettings,
         description="Labels (POST /v1/models/{name}/feedback) and live quality per version.",
+    )
+    batch: JobSettings = Field(
+        default_factory=JobSettings,
+        description="Batch jobs (POST /admin/jobs): the CPU cap, actors, batch size, priority.",
     )
     deploy_timeout_s: float = Field(
         default=constants.DEFAULT_DEPLOY_TIMEOUT_S,

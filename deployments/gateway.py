@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
 import time
 from typing import Any
@@ -16,6 +17,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from app import constants
+from app.batch.jobs import BatchJobs
+from app.batch.lineage import JobLineage
 from app.control.routing import RoutingTable
 from app.quality.inference_log import LogWriter
 from app.quality.logstore import LogStore
@@ -24,9 +27,11 @@ from app.security.auth import Authenticator, KeyStore
 from app.security.ratelimit import LeaseFn, RateLimiter
 from app.serving.dataplane import DataPlane
 from app.serving.http import create_api
+from app.serving.http_jobs import add_job_routes
 from app.serving.observe import RequestRecord
 from app.settings import AppArgs, ModelDeploymentConfig
 from deployments.backends import HandleBackend
+from deployments.jobs_port import RayJobs
 from deployments.log_flush import start_log_flusher
 from deployments.metrics import gateway_metrics, log_metrics, serving_errors, status_class
 
@@ -100,6 +105,9 @@ class Gateway:
     ) -> None:
         self._args = AppArgs.model_validate(args)
         start_log_flusher()  # access log lines reach the log within seconds
+        # Batch jobs read the registry from here: a registry that is down fails fast.
+        for key, value in constants.REGISTRY_HTTP_ENV.items():
+            os.environ.setdefault(key, value)
         self._watcher = watcher
         # Keys are read here, from the config and the environment, as hashes only.
         self._authenticator = Authenticator(
@@ -144,7 +152,7 @@ class Gateway:
         await self._report_once(closed=True)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(
+        api = create_api(
             self.dataplane,
             max_body_bytes=self._args.max_body_bytes,
             control=WatcherControl(self._watcher),
@@ -156,6 +164,19 @@ class Gateway:
             limiter=self._limiter,
             task_for=self._task_for,
         )
+        jobs = BatchJobs(
+            self._args.batch,
+            RayJobs(),
+            JobLineage(self._args.mlflow_tracking_uri, self._args.batch.experiment),
+        )
+        add_job_routes(api, jobs, self._champion_of)
+        return api
+
+    def _champion_of(self, model: str) -> str | None:
+        """The version this replica routes to as ``model``'s champion (a batch job's
+        default), or None."""
+        routes = self.dataplane.table.models.get(model)
+        return routes.champion.version if routes is not None and routes.champion else None
 
     def _settings(self, model: str) -> ModelDeploymentConfig | None:
         """A routed model's settings: its own under ``models:``, else ``model_defaults``

@@ -14,8 +14,10 @@ from app.security.auth import generate_key
 REPO = Path(__file__).resolve().parents[1]
 
 #: API keys of the integration test stack, new for every run (only their hashes go into
-#: its configuration): an admin key, a predict key, and a predict key with a low limit.
+#: its configuration): an admin key, a predict key, a predict key with a low limit, and a
+#: key that may only run batch jobs.
 ADMIN_KEY, PREDICT_KEY, LIMITED_KEY = generate_key(), generate_key(), generate_key()
+BATCH_KEY = generate_key()
 LIMITED_RATE_PER_S, LIMITED_BURST = 2.0, 4
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 PREDICT_HEADERS = {"Authorization": f"Bearer {PREDICT_KEY}"}

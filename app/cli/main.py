@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from rich.text import Text
 
 from app import constants
+from app.cli.batch import batch_cli
 from app.cli.client import (
     ENV_API_KEY,
     ENV_GATEWAY,
@@ -84,6 +85,7 @@ rollout_cli = typer.Typer(
 )
 cli.add_typer(rollout_cli, name="rollout")
 cli.add_typer(log_cli, name="log")
+cli.add_typer(batch_cli, name="batch")
 # In the order `modellane --help` lists them.
 cli.command()(status)
 cli.command()(events)

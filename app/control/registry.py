@@ -7,6 +7,7 @@ The one place that decides which version of a model should serve
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from app import constants
 
@@ -227,14 +228,8 @@ class RegistryClient:
         return run_id
 
     def _quality_run(self, name: str, version: str) -> str:
-        experiment = self._client.get_experiment_by_name(QUALITY_EXPERIMENT)
-        experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else self._client.create_experiment(QUALITY_EXPERIMENT)
-        )
         run = self._client.create_run(
-            experiment_id,
+            experiment_id(self._client, QUALITY_EXPERIMENT),
             run_name=f"{name}-v{version}-live",
             tags={
                 "modellane.model": name,
@@ -244,3 +239,20 @@ class RegistryClient:
             },
         )
         return str(run.info.run_id)
+
+
+def experiment_id(client: Any, name: str) -> str:
+    """The id of MLflow experiment ``name``, made on first use (two writers racing to make
+    it both end up with the one that exists)."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    try:
+        return str(client.create_experiment(name))
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return str(experiment.experiment_id)

@@ -39,6 +39,7 @@ from app.security.auth import hash_key
 from tests.helpers import (
     ADMIN_HEADERS,
     ADMIN_KEY,
+    BATCH_KEY,
     LIMITED_BURST,
     LIMITED_KEY,
     LIMITED_RATE_PER_S,
@@ -279,7 +280,10 @@ def serve_http(metrics_port: int) -> Iterator[str]:
     ray.init(
         address="local",
         num_cpus=4,
-        include_dashboard=False,
+        # The dashboard serves Ray's Jobs API, which runs batch jobs (test_batch).
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=_free_port(),
         log_to_driver=False,
         _metrics_export_port=metrics_port,
     )
@@ -353,6 +357,7 @@ def control_config(tracking_uri: str, http_port: int, **changes: Any) -> dict[st
         "keys": [
             {"name": "ops", "sha256": hash_key(ADMIN_KEY), "scopes": ["admin"]},
             {"name": "app", "sha256": hash_key(PREDICT_KEY), "scopes": ["predict"]},
+            {"name": "batch-runner", "sha256": hash_key(BATCH_KEY), "scopes": ["batch"]},
             {
                 "name": "limited",
                 "sha256": hash_key(LIMITED_KEY),
