@@ -10,7 +10,7 @@ from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from app import constants
+from app import constants, tracing
 from app.control.routing import Target
 from app.serving.errors import ColdStartTimeout, ModelFailed, ModelUnavailable, Overloaded
 
@@ -43,7 +43,11 @@ class HandleBackend:
         return cls(target)
 
     async def predict(self, inputs: Any) -> dict[str, Any]:
-        return await self._call("predict", inputs)
+        # A traced request hands its trace context on (W3C headers) as a second argument.
+        carrier = tracing.carrier()
+        if carrier is None:
+            return await self._call("predict", inputs)
+        return await self._call("predict", inputs, carrier)
 
     async def metadata(self) -> dict[str, Any]:
         return await self._call("metadata")

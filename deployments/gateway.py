@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from app import constants
+from app import constants, tracing
 from app.batch.jobs import BatchJobs
 from app.batch.lineage import JobLineage
 from app.control.routing import RoutingTable
@@ -105,6 +105,7 @@ class Gateway:
     ) -> None:
         self._args = AppArgs.model_validate(args)
         start_log_flusher()  # access log lines reach the log within seconds
+        tracing.setup("modellane-gateway")  # where OTEL_EXPORTER_OTLP_ENDPOINT is set
         # Batch jobs read the registry from here: a registry that is down fails fast.
         for key, value in constants.REGISTRY_HTTP_ENV.items():
             os.environ.setdefault(key, value)

@@ -98,3 +98,33 @@ def _truncate_in_pipeline(model: Any) -> None:
             "(set truncate: false for this model, or pin the MLflow version)"
         )
     wrapper.model_config = MappingProxyType({**config, "truncation": True})
+
+
+def choose_device(gpu_ids: list[Any], cuda_available: bool) -> str:
+    """Where a replica runs its torch model: the GPU Ray assigned it, if torch sees one."""
+    return "cuda" if gpu_ids and cuda_available else "cpu"
+
+
+def place_on_device(model: Any, gpu_ids: list[Any]) -> str:
+    """Move a torch model (sentence-transformers, transformers) onto the replica's GPU.
+
+    Ray sets CUDA_VISIBLE_DEVICES to the replica's share of a device (``num_gpus``, which
+    may be a fraction), so "cuda" is that device. Other models stay where they are.
+    """
+    # A model that runs on torch imported it as it loaded; importing it here for the others
+    # (scikit-learn, XGBoost, ...) would cost every such replica hundreds of MB.
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return "cpu"
+    device = choose_device(gpu_ids, torch.cuda.is_available())
+    if device == "cpu":
+        return device
+    raw = model.get_raw_model() if hasattr(model, "get_raw_model") else None
+    target = getattr(raw, "model", raw)  # a transformers pipeline holds its model
+    if target is None or not hasattr(target, "to"):
+        return "cpu"
+    target.to(device)
+    if raw is not None and raw is not target and hasattr(raw, "device"):
+        raw.device = torch.device(device)  # the pipeline puts its inputs there
+    logger.info("model on %s (GPU ids %s)", device, gpu_ids)
+    return device

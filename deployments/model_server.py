@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,16 @@ from pydantic import ValidationError
 from ray import serve
 from starlette.requests import Request
 
-from app import constants
+from app import constants, tracing
 from app.quality.drift import BASELINE_ARTIFACT, Baseline, DriftMonitor
 from app.serving.errors import InvalidInput, ModelFailed, ModellaneError
 from app.serving.validation import InputSpec, parse_inputs, to_jsonable
 from app.settings import BatchSettings
 from deployments.log_flush import start_log_flusher
 from deployments.metrics import model_metrics, serving_errors
-from deployments.model_loading import load_pyfunc
+from deployments.model_loading import choose_device as choose_device
+from deployments.model_loading import load_pyfunc, place_on_device
+from deployments.server_tracing import Job, finish_spans
 
 logger = logging.getLogger("ray.serve")
 
@@ -63,6 +64,7 @@ class ModelServer:
         truncate: bool = True,
     ) -> None:
         start_log_flusher()  # access log lines reach the log within seconds
+        tracing.setup("modellane-model-server")
         for key, value in constants.OFFLINE_ENV.items():
             os.environ.setdefault(key, value)
         import mlflow
@@ -79,7 +81,7 @@ class ModelServer:
         self._model = load_pyfunc(local, mlmodel.flavors, truncate)
         self.truncate = truncate
         #: "cuda" where Ray gave this replica a GPU (num_gpus > 0) and torch sees it, else "cpu".
-        self.device = _place(self._model, ray.get_gpu_ids())
+        self.device = place_on_device(self._model, ray.get_gpu_ids())
         signature = self._model.metadata.signature
         if signature is None:
             raise RuntimeError(f"{model} v{version} has no signature; log it with one")
@@ -120,18 +122,31 @@ class ModelServer:
             self.warmup_s,
         )
 
-    async def predict(self, inputs: Any) -> dict[str, Any]:
-        """Validate and predict; errors come back as the common error body, never raised."""
+    async def predict(self, inputs: Any, trace: dict[str, str] | None = None) -> dict[str, Any]:
+        """Validate and predict; errors come back as the common error body, never raised.
+
+        ``trace``: the gateway's W3C trace context, where the request is traced (its
+        validation, batch wait and model call become spans of that trace here)."""
+        job = Job.of(inputs, trace)
         if self.max_batch_size > 1:
-            return await self._predict_batched(inputs)
+            return await self._predict_batched(job)
         # The model is CPU- or GPU-bound: keep the replica's event loop free for others.
-        return await asyncio.to_thread(self._predict, inputs)
+        return (await asyncio.to_thread(self._predict_jobs, [job]))[0]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _predict_batched(self, requests: list[Any]) -> list[dict[str, Any]]:
+    async def _predict_batched(self, jobs: list[Job]) -> list[dict[str, Any]]:
         """Requests that arrive together go through the model in one call (``@serve.batch``;
         the sizes come from ``reconfigure``)."""
-        return await asyncio.to_thread(self._predict_many, requests)
+        return await asyncio.to_thread(self._predict_jobs, jobs, True)
+
+    def _predict_jobs(self, jobs: list[Job], batched: bool = False) -> list[dict[str, Any]]:
+        if not any(job.parent is not None for job in jobs):
+            return self._predict_many([job.inputs for job in jobs])
+        marks = [time.time_ns()]
+        answers = self._predict_many([job.inputs for job in jobs], marks)
+        marks.append(time.time_ns())
+        finish_spans(jobs, marks, batched, self._tags, answers)
+        return answers
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Batching settings (the deployment's ``user_config``), changed without a restart."""
@@ -189,8 +204,12 @@ class ModelServer:
     def _predict(self, inputs: Any) -> dict[str, Any]:
         return self._predict_many([inputs])[0]
 
-    def _predict_many(self, requests: list[Any]) -> list[dict[str, Any]]:
-        """Answer each request's ``inputs``: the valid ones through the model in one call."""
+    def _predict_many(
+        self, requests: list[Any], marks: list[int] | None = None
+    ) -> list[dict[str, Any]]:
+        """Answer each request's ``inputs``: the valid ones through the model in one call.
+
+        ``marks`` (traced requests) gets the times validation and the model call ended."""
         answers: list[dict[str, Any]] = [{} for _ in requests]
         valid: list[tuple[int, Any]] = []
         for i, inputs in enumerate(requests):
@@ -199,6 +218,8 @@ class ModelServer:
             except InvalidInput as exc:
                 exc.model, exc.version = self.model_name, self.version
                 answers[i] = exc.body()
+        if marks is not None:
+            marks.append(time.time_ns())
         if len(valid) > 1:
             outputs, _ = self._run(_concat([data for _, data in valid]))
             if outputs is not None:
@@ -281,36 +302,6 @@ class ModelServer:
 
 
 _EMBEDDINGS_FLAVOR = "mlflow.sentence_transformers"
-
-
-def choose_device(gpu_ids: list[Any], cuda_available: bool) -> str:
-    """Where a replica runs its torch model: the GPU Ray assigned it, if torch sees one."""
-    return "cuda" if gpu_ids and cuda_available else "cpu"
-
-
-def _place(model: Any, gpu_ids: list[Any]) -> str:
-    """Move a torch model (sentence-transformers, transformers) onto the replica's GPU.
-
-    Ray sets CUDA_VISIBLE_DEVICES to the replica's share of a device (``num_gpus``, which
-    may be a fraction), so "cuda" is that device. Other models stay where they are.
-    """
-    # A model that runs on torch imported it as it loaded; importing it here for the others
-    # (scikit-learn, XGBoost, ...) would cost every such replica hundreds of MB.
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return "cpu"
-    device = choose_device(gpu_ids, torch.cuda.is_available())
-    if device == "cpu":
-        return device
-    raw = model.get_raw_model() if hasattr(model, "get_raw_model") else None
-    target = getattr(raw, "model", raw)  # a transformers pipeline holds its model
-    if target is None or not hasattr(target, "to"):
-        return "cpu"
-    target.to(device)
-    if raw is not None and raw is not target and hasattr(raw, "device"):
-        raw.device = torch.device(device)  # the pipeline puts its inputs there
-    logger.info("model on %s (GPU ids %s)", device, gpu_ids)
-    return device
 
 
 def _count_error(model: str, operation: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ray import serve
 
-from app import constants
+from app import constants, tracing
 from app.control.plane import build
 from app.control.ports import SystemClock, ThreadedRegistry
 from app.control.registry import RegistryClient
@@ -49,6 +49,7 @@ class RegistryWatcher:
             ThreadPoolExecutor(constants.WATCHER_THREADS, thread_name_prefix="watcher")
         )
         start_log_flusher()  # access log lines reach the log within seconds
+        tracing.setup("modellane-watcher")  # where OTEL_EXPORTER_OTLP_ENDPOINT is set
         for key, value in constants.REGISTRY_HTTP_ENV.items():
             os.environ.setdefault(key, value)
         registry = ThreadedRegistry(RegistryClient(self._args.mlflow_tracking_uri))

@@ -18,7 +18,7 @@ import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from app import constants
+from app import constants, tracing
 from app.control import events as ev
 from app.control import reconcile as decide
 from app.control.context import ControlContext
@@ -339,6 +339,16 @@ class Lifecycle:
 
     def switch(self, name: str, desired: Desired, adopted: bool = False) -> None:
         """Route the champion role to the loaded ``desired`` version (a new epoch)."""
+        attributes = {
+            "modellane.model": name,
+            "modellane.version": desired.version,
+            "modellane.role": constants.ROLE_CHAMPION,
+            "modellane.adopted": adopted,
+        }
+        with tracing.span("switch champion", attributes):
+            self._switch(name, desired, adopted)
+
+    def _switch(self, name: str, desired: Desired, adopted: bool) -> None:
         memory = self._ctx.memory
         state = memory.states[name]
         now = memory.clock.time()

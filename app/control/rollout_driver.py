@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from app import constants
+from app import constants, tracing
 from app.control import events as ev
 from app.control import rollout as rollout_mod
 from app.control.context import ControlContext
@@ -147,24 +147,32 @@ class RolloutDriver:
         decision = rollout_mod.evaluate(
             rollout, policy, champion, challenger, agreement, now, quality=quality
         )
-        if decision.action != "wait" and self._quality is not None:
-            await self._quality.write_back(name)
-        if decision.action == "advance":
-            memory.rollouts[name] = rollout_mod.advance(
-                rollout, now, champion, challenger, agreement, decision.gates
-            )
-            state.weight = memory.rollouts[name].weight(policy)
-            memory.events.add(
-                ev.ROLLOUT, name, rollout.version,
-                f"step {rollout.step} passed ({gate_text(decision.gates)}); "
-                f"weight now {state.weight:g}%",
-            )  # fmt: skip
-            self._ctx.publisher.publish()
-            await self.save(name)
-        elif decision.action == "promote":
-            await self._promote(name, rollout, decision)
-        elif decision.action == "rollback":
-            await self.roll_back(name, rollout, decision.reason, decision.gates)
+        if decision.action == "wait":
+            return
+        attributes = {
+            "modellane.model": name, "modellane.version": rollout.version,
+            "modellane.step": rollout.step, "modellane.decision": decision.action,
+            "modellane.reason": decision.reason,
+        }  # fmt: skip
+        with tracing.span(f"rollout {decision.action}", attributes):
+            if self._quality is not None:
+                await self._quality.write_back(name)
+            if decision.action == "advance":
+                memory.rollouts[name] = rollout_mod.advance(
+                    rollout, now, champion, challenger, agreement, decision.gates
+                )
+                state.weight = memory.rollouts[name].weight(policy)
+                memory.events.add(
+                    ev.ROLLOUT, name, rollout.version,
+                    f"step {rollout.step} passed ({gate_text(decision.gates)}); "
+                    f"weight now {state.weight:g}%",
+                )  # fmt: skip
+                self._ctx.publisher.publish()
+                await self.save(name)
+            elif decision.action == "promote":
+                await self._promote(name, rollout, decision)
+            elif decision.action == "rollback":
+                await self.roll_back(name, rollout, decision.reason, decision.gates)
 
     async def _promote(
         self, name: str, rollout: rollout_mod.Rollout, decision: rollout_mod.Decision

@@ -24,6 +24,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from app import tracing
 from app.control.routing import ModelRoutes, RoutingTable, Target
 from app.control.traffic import choose_target, mirror_to_shadow
 from app.quality.compare import ComparisonStats, compare_outputs
@@ -221,13 +222,17 @@ class DataPlane:
         started = time.perf_counter()
         error: ModellaneError | None = None
         answer: dict[str, Any] = {}
-        try:
-            answer = await self._backend(target).predict(inputs)
-            if "error" in answer:
-                error = from_body(answer)
-                error.model, error.version = target.model, target.version
-        except ModellaneError as exc:
-            error = exc
+        with tracing.span(
+            f"call {target.app_name}", _span_attributes(target), kind=tracing.SpanKind.CLIENT
+        ) as current:
+            try:
+                answer = await self._backend(target).predict(inputs)
+                if "error" in answer:
+                    error = from_body(answer)
+                    error.model, error.version = target.model, target.version
+            except ModellaneError as exc:
+                error = exc
+            tracing.set_status(current, error.status if error else 200, {})
         latency_s = time.perf_counter() - started
         self._arm(model, target.version).observe(
             latency_s, error is not None and error.status >= 500
@@ -289,8 +294,9 @@ class DataPlane:
             return
         self._mirrors_in_flight[routes.name] += 1
         mirror = self._run_mirror(
-            routes, call, stats, inputs, served_outputs, served_latency_s, reference_is_call
-        )
+            routes, call, stats, inputs, served_outputs, served_latency_s, reference_is_call,
+            tracing.link_to_current() if tracing.enabled() else [],
+        )  # fmt: skip
         task = asyncio.get_running_loop().create_task(_guarded(mirror, call, stats))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -304,12 +310,18 @@ class DataPlane:
         served_outputs: list[Any],
         served_latency_s: float,
         reference_is_call: bool,
+        links: list[Any],
     ) -> None:
         started = time.perf_counter()
         try:
-            answer = await asyncio.wait_for(
-                self._backend(call).predict(inputs), routes.shadow_timeout_s
-            )
+            # Its own trace, linked to the request's: the client's trace never waits for it.
+            with tracing.span(
+                f"mirror {call.app_name}", {**_span_attributes(call), "modellane.mirror": True},
+                kind=tracing.SpanKind.CLIENT, links=links, new_trace=True,
+            ):  # fmt: skip
+                answer = await asyncio.wait_for(
+                    self._backend(call).predict(inputs), routes.shadow_timeout_s
+                )
         except TimeoutError:
             stats.timeouts += 1
             return
@@ -364,6 +376,14 @@ async def _guarded(mirror: Awaitable[None], call: Target, stats: ComparisonStats
     except Exception:  # a mirror never touches the client's answer, nor ends the replica
         logger.exception("mirrored call to %s failed", call.app_name)
         stats.errors += 1
+
+
+def _span_attributes(target: Target) -> dict[str, Any]:
+    return {
+        "modellane.model": target.model,
+        "modellane.version": target.version,
+        "modellane.role": target.role,
+    }
 
 
 def _response(target: Target, answer: dict[str, Any]) -> PredictResponse:

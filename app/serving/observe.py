@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import constants
+from app import constants, tracing
 from app.security.access import STATE_KEY_NAME
 from app.serving.dataplane import ANSWERED, Answered
 
@@ -70,7 +70,7 @@ class ObservePredictions:
         if match is None and scope.get("path") != "/v1/embeddings":
             await self.app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
+        scope.setdefault("state", {})
         started = time.perf_counter()
         seen: dict[str, Any] = {"status": 500, "headers": {}}
 
@@ -84,28 +84,57 @@ class ObservePredictions:
 
         note = Answered()
         token = ANSWERED.set(note)
-        try:
-            await self.app(scope, receive, watching_send)
-        finally:
-            ANSWERED.reset(token)
-            request_headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-            headers = seen["headers"]
-            model = (match.group(1) or match.group(2)) if match else state.get(STATE_MODEL)
+        request_headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        # One span per request, continuing the client's traceparent where it sent one.
+        parent = tracing.extract(request_headers) if tracing.enabled() else None
+        name = f"{scope.get('method', 'POST')} {_route(match)}"
+        with tracing.span(name, kind=tracing.SpanKind.SERVER, parent=parent) as current:
             try:
-                self.observer(
-                    RequestRecord(
-                        model=model or "",
-                        version=headers.get(constants.HEADER_MODEL_VERSION.lower()),
-                        role=headers.get(constants.HEADER_MODEL_ROLE.lower()),
-                        status=int(seen["status"]),
-                        latency_s=time.perf_counter() - started,
-                        request_id=request_headers.get("x-request-id"),
-                        key_name=state.get(STATE_KEY_NAME),
-                        inputs=note.inputs,
-                        outputs=note.outputs,
-                        routing_key=note.routing_key,
-                    )
-                )
-            except Exception:  # observing must never break serving
-                logger.exception("request observer failed")
-                self.failures[OBSERVER_FAILED] += 1
+                await self.app(scope, receive, watching_send)
+            finally:
+                ANSWERED.reset(token)
+                self._observe(scope, match, seen, request_headers, started, note, current)
+
+    def _observe(
+        self,
+        scope: Scope,
+        match: re.Match[str] | None,
+        seen: dict[str, Any],
+        request_headers: dict[str, str],
+        started: float,
+        note: Answered,
+        current: tracing.Span | None,
+    ) -> None:
+        headers = seen["headers"]
+        state = scope["state"]
+        model = (match.group(1) or match.group(2)) if match else state.get(STATE_MODEL)
+        record = RequestRecord(
+            model=model or "",
+            version=headers.get(constants.HEADER_MODEL_VERSION.lower()),
+            role=headers.get(constants.HEADER_MODEL_ROLE.lower()),
+            status=int(seen["status"]),
+            latency_s=time.perf_counter() - started,
+            request_id=request_headers.get("x-request-id"),
+            key_name=state.get(STATE_KEY_NAME),
+            inputs=note.inputs,
+            outputs=note.outputs,
+            routing_key=note.routing_key,
+        )
+        tracing.set_status(
+            current, record.status, {
+                "modellane.model": record.model, "modellane.version": record.version,
+                "modellane.role": record.role, "modellane.request_id": record.request_id,
+            },
+        )  # fmt: skip
+        try:
+            self.observer(record)
+        except Exception:  # observing must never break serving
+            logger.exception("request observer failed")
+            self.failures[OBSERVER_FAILED] += 1
+
+
+def _route(match: re.Match[str] | None) -> str:
+    """The route's template, never the path itself (a span name has few values)."""
+    if match is None:
+        return "/v1/embeddings"
+    return "/v1/models/{name}/predict" if match.group(1) else "/v2/models/{name}/infer"
