@@ -44,7 +44,7 @@ ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPO
 TRACER_NAME = "modellane"
 
 _propagator = TraceContextTextMapPropagator()
-_state: dict[str, Any] = {"enabled": False, "provider": None}
+_state: dict[str, Any] = {"enabled": False, "provider": None, "tracer": None}
 
 
 def wanted(environ: Mapping[str, str] = os.environ) -> bool:
@@ -85,12 +85,14 @@ def install(provider: Any, set_global: bool = True) -> None:
     provider can be set only once), then :func:`uninstall` it."""
     if set_global:
         trace.set_tracer_provider(provider)
+    # One tracer for the process: getting one costs about as much as a span.
+    _state["tracer"] = provider.get_tracer(TRACER_NAME)
     _state["provider"], _state["enabled"] = provider, True
 
 
 def uninstall() -> None:
     """Tracing off again in this process (tests)."""
-    _state["provider"], _state["enabled"] = None, False
+    _state["provider"], _state["tracer"], _state["enabled"] = None, None, False
 
 
 def sampler(environ: Mapping[str, str] = os.environ) -> Any:
@@ -139,11 +141,8 @@ def _follow_links(ratio: Any) -> Any:
 
 
 def tracer() -> trace.Tracer:
-    provider = _state["provider"]
-    if provider is not None:
-        found: trace.Tracer = provider.get_tracer(TRACER_NAME)
-        return found
-    return trace.get_tracer(TRACER_NAME)
+    found: trace.Tracer | None = _state["tracer"]
+    return found if found is not None else trace.get_tracer(TRACER_NAME)
 
 
 def flush(timeout_ms: int = 5000) -> None:

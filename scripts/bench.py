@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 import bench_discovery  # noqa: E402  (scripts/, beside this file)
 import bench_load  # noqa: E402
+import bench_tracing  # noqa: E402
 
 from app.security.auth import generate_key, hash_key  # noqa: E402
 
@@ -342,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench")
     parser.add_argument("--no-discovery", dest="discovery", action="store_false",
                         help="skip the 20 discovered models (memory, cold starts)")  # fmt: skip
+    parser.add_argument("--no-tracing", dest="tracing", action="store_false",
+                        help="skip tracing's cost (scripts/bench_tracing.py)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup = 5.0, 2.0
@@ -425,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         bench_serving(args, results, runs, wrk, tracking_uri, work)
 
+    if args.tracing:  # in this process, no Ray: once the stack is down
+        print("[bench] tracing off, at 100% and at the default rate")
+        results["tracing"] = bench_tracing.measure(seconds=min(args.seconds, 8))
     results["runs"] = {k: asdict(v) for k, v in runs.items()}
     write(args.out, results)
     return 0
@@ -854,6 +860,7 @@ def write(out: Path, results: dict[str, Any]) -> None:
             f"{results['ratios']['encode_batching_gain']}x."
         )
     lines += bench_discovery.markdown(results)
+    lines += bench_tracing.markdown(results)
     table = "\n".join(lines) + "\n"
     (out / "results.md").write_text(table)
     print("\n" + table)
