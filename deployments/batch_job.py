@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from app import constants
 from app.batch import rows, storage
 from app.batch.lineage import JobLineage
 from app.batch.spec import JobSpec
@@ -44,9 +45,13 @@ class Cancelled(BaseException):
 
 
 def lower_priority() -> None:
-    """Every worker process of the job starts at the job's OS priority (Ray's
-    ``worker_process_setup_hook``)."""
-    os.nice(int(os.environ.get(ENV_NICE, "0")))
+    """Every process of the job runs at the job's niceness (the driver itself, and each
+    worker through Ray's ``worker_process_setup_hook``); Ray starts its workers, Serve's
+    replicas among them, at 15, so a job at 19 yields the CPU to them."""
+    target = int(os.environ.get(ENV_NICE, "0"))
+    current = os.nice(0)
+    if target > current:
+        os.nice(target - current)
 
 
 @ray.remote(num_cpus=0)
@@ -82,6 +87,10 @@ class Scorer:
 
         self.spec = JobSpec.model_validate_json(spec_json)
         self.progress = progress
+        # models:/ URIs are resolved against the global registry URI, whatever
+        # download_artifacts is told.
+        mlflow.set_tracking_uri(self.spec.tracking_uri)
+        mlflow.set_registry_uri(self.spec.tracking_uri)
         uri = f"models:/{self.spec.model}/{self.spec.version}"
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=uri, tracking_uri=self.spec.tracking_uri
@@ -143,7 +152,8 @@ def run(spec: JobSpec, lineage: JobLineage) -> dict[str, Any]:
     ray.init(
         runtime_env={
             "worker_process_setup_hook": "deployments.batch_job.lower_priority",
-            "env_vars": {ENV_NICE: str(spec.nice)},
+            # A registry that is down fails the job in seconds, not after minutes of retries.
+            "env_vars": {ENV_NICE: str(spec.nice), **constants.REGISTRY_HTTP_ENV},
         },
         log_to_driver=False,
     )
@@ -230,7 +240,10 @@ def main(argv: list[str]) -> int:
         raise Cancelled()
 
     signal.signal(signal.SIGTERM, cancelled)
-    os.nice(spec.nice)
+    os.environ[ENV_NICE] = str(spec.nice)
+    for key, value in constants.REGISTRY_HTTP_ENV.items():
+        os.environ.setdefault(key, value)
+    lower_priority()
     lineage = JobLineage(spec.tracking_uri, "")
     output = storage.Location.of(spec.output)
     try:

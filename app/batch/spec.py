@@ -52,11 +52,12 @@ class JobSettings(BaseModel):
         default=4096, ge=1, le=1_000_000, description="Rows per model call, unless the job asks."
     )
     nice: int = Field(
-        default=10,
+        default=19,
         ge=0,
         le=19,
-        description="OS scheduling priority of a job's processes (19 lowest): on a shared "
-        "machine the CPU goes to online requests first.",
+        description="OS niceness of a job's processes (19: lowest priority). Ray runs its "
+        "workers, Serve's replicas among them, at 15: above it, the CPU of a shared machine "
+        "goes to online requests first.",
     )
     experiment: str = Field(
         default="modellane-batch",

@@ -438,6 +438,18 @@
     $("events-card").hidden = false;
   }
 
+  // The latest batch jobs (modellane batch list); hidden until there is one.
+  function renderJobs(jobs) {
+    if (!jobs || !jobs.length) return;
+    const rows = jobs.map((j) => h("tr", { testid: "job" },
+      h("td", {}, j.job_id), h("td", {}, j.state), h("td", {}, `${j.model} v${j.version}`),
+      h("td", { class: "num" }, j.rows_total == null ? `${j.rows_done}` : `${j.rows_done} / ${j.rows_total}`),
+      h("td", { class: "num" }, j.rows_failed), h("td", { class: "num" }, j.rows_per_s ? Math.round(j.rows_per_s) : ""),
+      h("td", {}, j.message || "")));
+    $("jobs-body").replaceChildren(...rows);
+    $("jobs-card").hidden = false;
+  }
+
   // -- the loop ----------------------------------------------------------------------------
 
   // 404 (no figures for this model) and 503 (no quality store yet) mean "nothing yet".
@@ -447,14 +459,16 @@
   async function refresh() {
     const list = await api("GET", "/v1/models");
     const names = list.models.map((m) => m.name);
-    const [statuses, drifts, qualities, events] = await Promise.all([
+    const [statuses, drifts, qualities, events, jobs] = await Promise.all([
       Promise.all(names.map((n) => api("GET", `/admin/models/${enc(n)}`))),
       Promise.all(names.map((n) => api("GET", `/admin/models/${enc(n)}/drift`).catch(() => null))),
       Promise.all(names.map((n) => api("GET", `/admin/models/${enc(n)}/quality`).catch(qualityMissing))),
       api("GET", "/admin/events?limit=30"),
+      api("GET", "/admin/jobs?limit=10").catch(() => null), // no Jobs API: no card
     ]);
     renderModels(statuses.map((status, i) => ({ status, drift: drifts[i], quality: qualities[i] })));
     renderEvents(events);
+    renderJobs(jobs);
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   }
 
