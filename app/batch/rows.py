@@ -67,7 +67,7 @@ def _check_column(col: ColumnSpec, series: pd.Series) -> tuple[pd.Series, pd.Ser
 
 
 def _why(col: ColumnSpec, value: Any) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return f"missing required {col.type}"
     return f"expected {col.type}, got {type(value).__name__} {value!r:.40}"
 

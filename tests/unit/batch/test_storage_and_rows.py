@@ -76,6 +76,7 @@ def test_rows_failing_the_signature_get_their_first_reason() -> None:
     features = pd.DataFrame(
         {"a": [1.5, "x", None, 2.0, 3.0], "n": [1, 2, 3, 4.5, "7"]}, dtype=object
     )
+    features.loc[1, "n"] = pd.NA  # as pyarrow gives a null; the first bad column is named
     good, reasons = rows.check_rows(TABULAR, features)
     assert good.index.tolist() == [0, 4]
     assert good["a"].dtype == np.float64 and good["n"].tolist() == [1, 7]
