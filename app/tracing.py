@@ -196,6 +196,22 @@ def span(
         yield current
 
 
+@contextmanager
+def server_span(name: str, headers: Mapping[str, str]) -> Iterator[Span | None]:
+    """The request's server span: the one the web framework already started (FastAPI
+    0.165+ traces requests itself once a tracer provider is installed), else a new one
+    continuing the ``traceparent`` in ``headers``. ``None`` where tracing is off."""
+    if not _state["enabled"]:
+        yield None
+        return
+    current = trace.get_current_span()
+    if current.get_span_context().is_valid:
+        yield current
+        return
+    with span(name, kind=SpanKind.SERVER, parent=extract(headers)) as started:
+        yield started
+
+
 def link_to_current() -> list[Link]:
     """A link to the current span (for a mirrored call's own trace)."""
     context = trace.get_current_span().get_span_context()
@@ -243,6 +259,7 @@ __all__ = [
     "link_to_current",
     "record",
     "sampler",
+    "server_span",
     "set_status",
     "setup",
     "span",

@@ -85,10 +85,11 @@ class ObservePredictions:
         note = Answered()
         token = ANSWERED.set(note)
         request_headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        # One span per request, continuing the client's traceparent where it sent one.
-        parent = tracing.extract(request_headers) if tracing.enabled() else None
+        # One server span per request, continuing the client's traceparent where it sent one:
+        # FastAPI's own where its telemetry is on (it starts one outside this middleware
+        # when a tracer provider is installed), else ours.
         name = f"{scope.get('method', 'POST')} {_route(match)}"
-        with tracing.span(name, kind=tracing.SpanKind.SERVER, parent=parent) as current:
+        with tracing.server_span(name, request_headers) as current:
             try:
                 await self.app(scope, receive, watching_send)
             finally:

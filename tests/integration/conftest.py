@@ -48,6 +48,7 @@ from tests.helpers import (
     haproxy_env,
     wait_for,
 )
+from tests.integration.receivers import Receivers
 from tests.integration.roles import Roles
 
 pytestmark = pytest.mark.integration
@@ -268,7 +269,17 @@ def metrics_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def serve_http(metrics_port: int) -> Iterator[str]:
+def receivers() -> Iterator[Receivers]:
+    """The OTLP trace collector and the SMTP server the stack sends traces and e-mail to."""
+    found = Receivers.start()
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+@pytest.fixture(scope="session")
+def serve_http(metrics_port: int, receivers: Receivers) -> Iterator[str]:
     """A real local Ray + Serve, started once; yields the HTTP proxy's base URL."""
     import ray
     from ray import serve
@@ -277,6 +288,8 @@ def serve_http(metrics_port: int) -> Iterator[str]:
     # HAProxy's socket path must stay under 97 characters: a short folder, not pytest's.
     haproxy_dir = Path(tempfile.mkdtemp(prefix="hap"))
     os.environ.update(haproxy_env(haproxy_dir))
+    # Ray's workers inherit this process's environment: traces and the SMTP login reach them.
+    os.environ.update(receivers.env())
     ray.init(
         address="local",
         num_cpus=4,
@@ -440,14 +453,19 @@ def quality_settings(log_dir: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def stack_config(
-    serve_http: str, registry: str, webhook: WebhookReceiver, inference_log_dir: Path
+    serve_http: str,
+    registry: str,
+    webhook: WebhookReceiver,
+    inference_log_dir: Path,
+    receivers: Receivers,
 ) -> dict[str, Any]:
     """The config the test stack runs: a test that applies another one applies this one
     again before it ends (``apply_config``)."""
     port = int(serve_http.rsplit(":", 1)[1])
     return control_config(
-        registry, port, drift=drift_settings(webhook.url), **quality_settings(inference_log_dir)
-    )
+        registry, port, drift=drift_settings(webhook.url),
+        alerts=receivers.alert_settings(serve_http), **quality_settings(inference_log_dir),
+    )  # fmt: skip
 
 
 def apply_config(

@@ -109,6 +109,28 @@ def test_a_request_continues_the_clients_trace_across_gateway_and_model_call(
     assert carrier["traceparent"] == f"00-{TRACE_ID:032x}-{call.context.span_id:016x}-01"
 
 
+def test_where_the_framework_started_the_server_span_it_is_the_one_enriched(
+    spans: InMemorySpanExporter,
+) -> None:
+    api, _ = _api()
+
+    async def framework(scope: Any, receive: Any, send: Any) -> None:
+        # As FastAPI 0.165+ does outside the middleware when a tracer provider is set.
+        parent = tracing.extract({k.decode(): v.decode() for k, v in scope["headers"]})
+        with tracing.span("POST /v1/models/{name}/predict", parent=parent,
+                          kind=tracing.SpanKind.SERVER):  # fmt: skip
+            await api(scope, receive, send)
+
+    answer = request(framework, "POST", "/v1/models/m/predict", json={"inputs": [[1.0]]},  # type: ignore[arg-type]
+                     headers={"traceparent": TRACEPARENT})  # fmt: skip
+    assert answer.status_code == 200
+    finished = spans.get_finished_spans()
+    (server,) = [s for s in finished if s.name.startswith("POST")]  # one server span
+    assert dict(server.attributes or {})["modellane.model"] == "m"
+    call = _by_name(spans)["call m-v3"]
+    assert call.parent is not None and call.parent.span_id == server.context.span_id
+
+
 def test_an_unsampled_request_records_nothing_and_hands_no_sampled_context(
     spans: InMemorySpanExporter,
 ) -> None:
