@@ -149,6 +149,9 @@ def create_api(
         # Accept a JSON body sent with no Content-Type at all (a wrong one gets 415).
         strict_content_type=False,
         responses=_COMMON_ERRORS,
+        # Where tracing is on (app/tracing.py), FastAPI's own server span is the request's:
+        # without its dependency, endpoint and serialization spans, which cost as much each.
+        telemetry={"operation_spans": False},
     )
     # Added innermost first: observe > access control > body size > content and shape.
     api.add_middleware(RequestGuard, limits=limits)
