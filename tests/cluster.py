@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,10 +40,9 @@ def _start(config: dict[str, Any]) -> Any:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={**NODE_ARGS, "include_dashboard": False},
-    )
+    # The head's dashboard serves Ray's Jobs API: batch jobs run on this cluster too.
+    head = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": _port()}
+    cluster = Cluster(initialize_head=True, head_node_args={**NODE_ARGS, **head})
     for _ in range(WORKERS):
         cluster.add_node(**NODE_ARGS)
     cluster.wait_for_nodes()
@@ -51,6 +51,12 @@ def _start(config: dict[str, Any]) -> Any:
     serve.start(proxy_location="HeadOnly", http_options=config["http_options"])
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
     return cluster
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _stop(cluster: Any) -> None:

@@ -12,12 +12,16 @@ needs, and ``_spread_as_found`` puts them back after it (a removed node is repla
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -84,6 +88,8 @@ def cluster(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             # Only spread: the registry's tagged models (the demo's wine) are not this
             # module's to serve.
             "discover": {"enabled": False},
+            # Batch jobs: two scoring actors, on two nodes, within the cap.
+            "batch": {"max_cpus": 2.0, "actor_cpus": 0.5},
             "auth": {
                 "keys": [
                     {"name": "ops", "sha256": hash_key(ADMIN_KEY), "scopes": ["admin"]},
@@ -333,3 +339,42 @@ def test_whole_stack_restart_brings_back_versions_weights_and_rollout(
     assert after["rollout"]["step"] == before["rollout"]["step"]
     assert not result.failed, result.failed[:3]
     assert set(result.versions()) <= {champion, challenger}
+
+
+def test_batch_job_scores_on_more_than_one_node(
+    cluster: Any, admin: httpx.Client, tmp_path: Path
+) -> None:
+    """A batch job submitted to the cluster's gateway runs as a Ray job on the cluster; its
+    two scoring actors are spread, and blocks are scored on more than one node."""
+    process, _ = cluster
+    rng = np.random.default_rng(3)
+    source = tmp_path / "rows"
+    source.mkdir()
+    for part in range(4):  # four files: blocks to share out
+        frame = pd.DataFrame(rng.normal(4, 1.5, (5000, 4)), columns=IRIS_COLUMNS)
+        frame.insert(0, "id", np.arange(part * 5000, (part + 1) * 5000))
+        frame.to_parquet(source / f"part-{part}.parquet")
+    answer = admin.post(
+        "/admin/jobs",
+        json={"model": "iris", "version": "2", "input": str(source),
+              "output": str(tmp_path / "out"), "actors": 2, "batch_size": 500},
+    )  # fmt: skip
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["job_id"]
+    final = wait_for(
+        lambda: (
+            (s := admin.get(f"/admin/jobs/{job_id}").json())["state"]
+            in ("succeeded", "failed", "cancelled")
+            and s
+        ),
+        420,
+        "the batch job to end",
+        every_s=2,
+    )
+    assert final["state"] == "succeeded", final
+    assert final["rows_done"] == 20000 and final["rows_failed"] == 0
+    manifest = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
+    nodes = set(manifest["node_ids"])
+    assert final["nodes"] == len(nodes) >= 2, manifest
+    assert nodes <= set(process.ask("details")["alive"])
+    assert len(pd.read_parquet(tmp_path / "out" / "predictions")) == 20000
