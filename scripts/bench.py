@@ -10,7 +10,7 @@ machines are noisy. The load generator is ``wrk`` (Debian's package; installed h
 missing), pinned to the last core where the machine has more than one; its own ceiling is
 measured once against a trivial endpoint so the table says whether the client or the
 server was the bottleneck. Last, 20 models served by discovery (scripts/bench_discovery.py;
-``--no-discovery`` skips it). Everything listens on 127.0.0.1 and stops at the end.
+``--no-discovery`` skips it) and batch jobs (scripts/bench_batch.py; ``--no-batch``). Everything listens on 127.0.0.1 and stops at the end.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import bench_discovery  # noqa: E402  (scripts/, beside this file)
+import bench_batch  # noqa: E402  (scripts/, beside this file)
+import bench_discovery  # noqa: E402
 import bench_load  # noqa: E402
 import bench_tracing  # noqa: E402
 
@@ -341,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, default=None, help="Ray's CPUs (default: cores)")
     parser.add_argument("--quick", action="store_true", help="5 s runs, 2 s warm-up")
     parser.add_argument("--out", type=Path, default=REPO / "bench")
+    parser.add_argument("--no-batch", dest="batch", action="store_false",
+                        help="skip the batch jobs (1M iris rows, 20k sentences)")  # fmt: skip
     parser.add_argument("--no-discovery", dest="discovery", action="store_false",
                         help="skip the 20 discovered models (memory, cold starts)")  # fmt: skip
     parser.add_argument("--no-tracing", dest="tracing", action="store_false",
@@ -456,7 +459,9 @@ def bench_serving(
     ray.init(
         address="local",
         num_cpus=args.num_cpus or os.cpu_count(),
-        include_dashboard=False,
+        include_dashboard=True,  # Ray's Jobs API, for batch jobs (section 10)
+        dashboard_host="127.0.0.1",
+        dashboard_port=free_port(),
         log_to_driver=False,
     )
     try:
@@ -717,6 +722,23 @@ def bench_serving(
             except Exception as exc:  # the other sections' figures are still written
                 found["error"] = repr(exc)
                 print(f"[bench] discovery failed: {exc!r}")
+
+        # 10. Batch jobs: rows/s against the same work in one process, and iris's p99
+        # while a job runs (scripts/bench_batch.py).
+        def iris_load(name: str, seconds: float) -> dict[str, Any]:
+            run = wrk(name, f"{base}/v1/models/iris/predict", iris_body, concurrency=4,
+                      seconds=seconds, key=PREDICT_KEY)  # fmt: skip
+            runs["batch_" + name.replace(" ", "_")] = run
+            return {"rps": run.rps, "p99_ms": run.p99_ms, "non_2xx": run.non_2xx,
+                    "timeouts": run.timeouts}  # fmt: skip
+
+        if args.batch:
+            batch: dict[str, Any] = results.setdefault("batch", {})
+            try:
+                bench_batch.measure(batch, admin, tracking_uri, iris_load)
+            except Exception as exc:  # the other sections' figures are still written
+                batch["error"] = repr(exc)
+                print(f"[bench] batch jobs failed: {exc!r}")
         admin.close()
     finally:
         with contextlib.suppress(Exception):
@@ -757,6 +779,7 @@ def bench_serving(
         runs["iris_log_off_1"].rps + runs["iris_log_off_2"].rps,
     )
     ratios.update(results.get("discovery", {}).get("ratios", {}))
+    ratios.update(results.get("batch", {}).get("ratios", {}))
 
 
 TARGETS = [
@@ -779,6 +802,12 @@ TARGETS = [
      "stack resident memory, 20 discovered models at zero / the demo models only"),
     ("discovery_hot_p99_vs_steady", "<=", 1.5,
      "iris p99 while discovered models cold-start / steady"),
+    ("batch_iris_vs_in_process", ">=", 0.7,
+     "batch job rows/s after start-up / read, pyfunc.predict, write in one process (iris, 1M)"),
+    ("batch_minilm_vs_encode", ">=", 0.7,
+     "batch job sentences/s after start-up / encode in one process (minilm, 20k)"),
+    ("batch_online_p99_vs_steady", "<=", 2.0, "iris p99 during a batch job / steady"),
+    ("batch_online_failed", "<=", 0, "online requests failed during a batch job"),
 ]  # fmt: skip
 
 
