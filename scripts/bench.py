@@ -10,7 +10,8 @@ machines are noisy. The load generator is ``wrk`` (Debian's package; installed h
 missing), pinned to the last core where the machine has more than one; its own ceiling is
 measured once against a trivial endpoint so the table says whether the client or the
 server was the bottleneck. Last, 20 models served by discovery (scripts/bench_discovery.py;
-``--no-discovery`` skips it) and batch jobs (scripts/bench_batch.py; ``--no-batch``). Everything listens on 127.0.0.1 and stops at the end.
+``--no-discovery`` skips it) and batch jobs (scripts/bench_batch.py; ``--no-batch``).
+Everything listens on 127.0.0.1 and stops at the end.
 """
 
 from __future__ import annotations
