@@ -891,6 +891,7 @@ def write(out: Path, results: dict[str, Any]) -> None:
         )
     lines += bench_discovery.markdown(results)
     lines += bench_tracing.markdown(results)
+    lines += bench_batch.markdown(results)
     table = "\n".join(lines) + "\n"
     (out / "results.md").write_text(table)
     print("\n" + table)

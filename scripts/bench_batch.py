@@ -171,6 +171,23 @@ def measure(
     print(f"[bench] batch minilm: {found['minilm']}")
 
 
+def markdown(results: dict[str, Any]) -> list[str]:
+    """The section's lines for bench/results.md (none where it did not run)."""
+    out = results.get("batch")
+    if not out:
+        return []
+    lines = ["", "Batch jobs" + (f": **failed**: {out['error']}" if "error" in out else ":")]
+    for name, figures in (("iris", out.get("iris")), ("minilm", out.get("minilm"))):
+        if figures:
+            shown = {k: v for k, v in figures.items() if not k.startswith("online")}
+            lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    minilm = out.get("minilm") or {}
+    for key in ("online_steady", "online_during_job"):
+        if key in minilm:
+            lines.append(f"- iris through the gateway, {key.replace('_', ' ')}: {minilm[key]}")
+    return lines
+
+
 def main() -> int:
     """Alone, against the stack of scripts/up.sh."""
     sys.path.insert(0, str(REPO))
