@@ -72,7 +72,21 @@ class ObservePredictions:
             return
         scope.setdefault("state", {})
         started = time.perf_counter()
-        seen: dict[str, Any] = {"status": 500, "headers": {}}
+        seen: dict[str, Any] = {"status": 500, "headers": {}, "span": None, "started": False}
+        request_headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+
+        def trace_answer() -> None:
+            # On the response's start: FastAPI ends its span as the answer goes out.
+            headers = seen["headers"]
+            model = (match.group(1) or match.group(2)) if match else scope["state"].get(STATE_MODEL)
+            tracing.set_status(
+                seen["span"], int(seen["status"]), {
+                    "modellane.model": model,
+                    "modellane.version": headers.get(constants.HEADER_MODEL_VERSION.lower()),
+                    "modellane.role": headers.get(constants.HEADER_MODEL_ROLE.lower()),
+                    "modellane.request_id": request_headers.get("x-request-id"),
+                },
+            )  # fmt: skip
 
         async def watching_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -80,21 +94,25 @@ class ObservePredictions:
                 seen["headers"] = {
                     k.decode().lower(): v.decode() for k, v in message.get("headers", [])
                 }
+                seen["started"] = True
+                trace_answer()
             await send(message)
 
         note = Answered()
         token = ANSWERED.set(note)
-        request_headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         # One server span per request, continuing the client's traceparent where it sent one:
         # FastAPI's own where its telemetry is on (it starts one outside this middleware
         # when a tracer provider is installed), else ours.
         name = f"{scope.get('method', 'POST')} {_route(match)}"
         with tracing.server_span(name, request_headers) as current:
+            seen["span"] = current
             try:
                 await self.app(scope, receive, watching_send)
             finally:
                 ANSWERED.reset(token)
-                self._observe(scope, match, seen, request_headers, started, note, current)
+                if not seen["started"]:
+                    trace_answer()
+                self._observe(scope, match, seen, request_headers, started, note)
 
     def _observe(
         self,
@@ -104,7 +122,6 @@ class ObservePredictions:
         request_headers: dict[str, str],
         started: float,
         note: Answered,
-        current: tracing.Span | None,
     ) -> None:
         headers = seen["headers"]
         state = scope["state"]
@@ -121,12 +138,6 @@ class ObservePredictions:
             outputs=note.outputs,
             routing_key=note.routing_key,
         )
-        tracing.set_status(
-            current, record.status, {
-                "modellane.model": record.model, "modellane.version": record.version,
-                "modellane.role": record.role, "modellane.request_id": record.request_id,
-            },
-        )  # fmt: skip
         try:
             self.observer(record)
         except Exception:  # observing must never break serving

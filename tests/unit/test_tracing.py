@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -115,11 +117,23 @@ def test_where_the_framework_started_the_server_span_it_is_the_one_enriched(
     api, _ = _api()
 
     async def framework(scope: Any, receive: Any, send: Any) -> None:
-        # As FastAPI 0.165+ does outside the middleware when a tracer provider is set.
+        # As FastAPI 0.165+ does outside the middleware when a tracer provider is set: its
+        # span is current inside, and ends as the response starts.
         parent = tracing.extract({k.decode(): v.decode() for k, v in scope["headers"]})
-        with tracing.span("POST /v1/models/{name}/predict", parent=parent,
-                          kind=tracing.SpanKind.SERVER):  # fmt: skip
-            await api(scope, receive, send)
+        span = tracing.tracer().start_span(
+            "POST /v1/models/{name}/predict", context=parent, kind=tracing.SpanKind.SERVER
+        )
+
+        async def ending_send(message: Any) -> None:
+            await send(message)
+            if message["type"] == "http.response.start":
+                span.end()
+
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            await api(scope, receive, ending_send)
+        finally:
+            otel_context.detach(token)
 
     answer = request(framework, "POST", "/v1/models/m/predict", json={"inputs": [[1.0]]},  # type: ignore[arg-type]
                      headers={"traceparent": TRACEPARENT})  # fmt: skip
