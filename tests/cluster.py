@@ -40,17 +40,24 @@ def _start(config: dict[str, Any]) -> Any:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    # The head's dashboard serves Ray's Jobs API: batch jobs run on this cluster too.
+    # The head's dashboard serves Ray's Jobs API, and its agent runs the jobs: batch jobs
+    # run on this cluster too.
     head = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": _port()}
-    cluster = Cluster(initialize_head=True, head_node_args={**NODE_ARGS, **head})
+    cluster = Cluster(initialize_head=True, head_node_args={**_node_args(), **head})
     for _ in range(WORKERS):
-        cluster.add_node(**NODE_ARGS)
+        cluster.add_node(**_node_args())
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     # One HTTP proxy, on the head: every node of this cluster shares the host's ports.
     serve.start(proxy_location="HeadOnly", http_options=config["http_options"])
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
     return cluster
+
+
+def _node_args() -> dict[str, Any]:
+    """A node's arguments. Every node's dashboard agent gets a port of its own: they share
+    this host with each other and with the suite's Ray, whose agent has Ray's default."""
+    return {**NODE_ARGS, "dashboard_agent_listen_port": _port()}
 
 
 def _port() -> int:
@@ -88,7 +95,7 @@ def _remove(cluster: Any, node_id: str) -> dict[str, Any]:
 
 def _add_nodes(cluster: Any) -> dict[str, Any]:
     added = [
-        cluster.add_node(**NODE_ARGS).node_id for _ in range(WORKERS - len(cluster.worker_nodes))
+        cluster.add_node(**_node_args()).node_id for _ in range(WORKERS - len(cluster.worker_nodes))
     ]
     cluster.wait_for_nodes()
     return {"added": added}

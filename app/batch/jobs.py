@@ -157,6 +157,7 @@ class BatchJobs:
             actor_cpus=self.settings.actor_cpus,
             max_cpus=self.settings.max_cpus,
             nice=self.settings.nice,
+            idle=self.settings.idle,
             tracking_uri=self._lineage.tracking_uri,
             submitted_by=submitted_by,
             submitted_at=self._clock(),

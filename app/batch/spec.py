@@ -59,6 +59,12 @@ class JobSettings(BaseModel):
         "workers, Serve's replicas among them, at 15: above it, the CPU of a shared machine "
         "goes to online requests first.",
     )
+    idle: bool = Field(
+        default=True,
+        description="Run a job's processes under Linux's SCHED_IDLE as well: a CPU goes "
+        "to them only when online requests leave it free (a job on a machine saturated by "
+        "online traffic waits).",
+    )
     experiment: str = Field(
         default="modellane-batch",
         min_length=1,
@@ -139,6 +145,7 @@ class JobSpec(BaseModel):
     actor_cpus: float
     max_cpus: float
     nice: int
+    idle: bool = True
     tracking_uri: str
     run_id: str = ""
     submitted_by: str | None = None

@@ -35,7 +35,7 @@ def _spec(tmp_path: Path, **changes: Any) -> JobSpec:
         "job_id": "iris-v2-x", "model": "iris", "version": "2", "resolved_from": "version",
         "input": str(tmp_path / "in.parquet"), "output": str(tmp_path / "out"),
         "format": "parquet", "columns": ["a", "b"], "keys": ["id"], "text": False,
-        "batch_size": 10, "actors": 1, "actor_cpus": 0.5, "max_cpus": 1.0, "nice": 0,
+        "batch_size": 10, "actors": 1, "actor_cpus": 0.5, "max_cpus": 1.0, "nice": 0, "idle": False,
         "tracking_uri": "http://127.0.0.1:9", "run_id": "run-1",
     }  # fmt: skip
     return JobSpec.model_validate(fields | changes)
@@ -61,7 +61,8 @@ def test_main_closes_the_run_as_failed_and_leaves_no_staging(
     stage.mkdir(parents=True)
     lineage = RecordingLineage()
     monkeypatch.setattr(batch_job, "JobLineage", lambda *_args: lineage)
-    for name, value in {batch_job.ENV_NICE: "0", **constants.REGISTRY_HTTP_ENV}.items():
+    env = {batch_job.ENV_NICE: "0", batch_job.ENV_IDLE: "0", **constants.REGISTRY_HTTP_ENV}
+    for name, value in env.items():
         monkeypatch.setenv(name, value)  # main() sets these: put them back after
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
