@@ -60,10 +60,10 @@ class JobSettings(BaseModel):
         "goes to online requests first.",
     )
     idle: bool = Field(
-        default=True,
+        default=False,
         description="Run a job's processes under Linux's SCHED_IDLE as well: a CPU goes "
-        "to them only when online requests leave it free (a job on a machine saturated by "
-        "online traffic waits).",
+        "to them only when nothing else wants it. Off by default: on a machine whose "
+        "replicas keep the CPU busy, a job under SCHED_IDLE may not start at all.",
     )
     experiment: str = Field(
         default="modellane-batch",
@@ -145,7 +145,7 @@ class JobSpec(BaseModel):
     actor_cpus: float
     max_cpus: float
     nice: int
-    idle: bool = True
+    idle: bool = False
     tracking_uri: str
     run_id: str = ""
     submitted_by: str | None = None
