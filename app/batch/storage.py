@@ -85,7 +85,7 @@ def dataset(location: Location, fmt: InputFormat) -> pds.Dataset:
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"input {location.uri!r} does not exist")
     try:
-        data = pds.dataset(location.path, filesystem=location.fs, format=_pyarrow_format(fmt))
+        data = pds.dataset(location.path, filesystem=location.fs, format=pyarrow_format(fmt))
         if not data.files:
             raise InputError(f"input {location.uri!r} holds no {fmt} files")
         data.schema  # noqa: B018 - inferring it reads the first file: fail here, clearly
@@ -96,7 +96,8 @@ def dataset(location: Location, fmt: InputFormat) -> pds.Dataset:
         raise InputError(f"cannot read input {location.uri!r} as {fmt}: {exc}") from exc
 
 
-def _pyarrow_format(fmt: InputFormat) -> Any:
+def pyarrow_format(fmt: InputFormat) -> Any:
+    """The pyarrow dataset format of ``fmt`` (JSON: lines)."""
     return pds.JsonFileFormat() if fmt == "json" else fmt
 
 
@@ -184,6 +185,7 @@ __all__ = [
     "count_rows",
     "dataset",
     "ensure_empty",
+    "pyarrow_format",
     "require_columns",
     "staging",
 ]
