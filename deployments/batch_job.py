@@ -136,7 +136,8 @@ class Scorer:
         failed = len(batch) - n
         if failed:
             self._write_errors(batch.loc[~ok, spec.keys], features[~ok], reasons[~ok])
-        self.progress.add.remote(n, failed, self.node, time.time())
+        # Waited for: the driver's last count after the pipeline must include every batch.
+        ray.get(self.progress.add.remote(n, failed, self.node, time.time()))
         return output
 
     def _write_errors(self, keys: pd.DataFrame, features: pd.DataFrame, reasons: pd.Series) -> None:
