@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app import constants
 from app.control.events import Event
@@ -115,6 +116,17 @@ def _unwrap(answer: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
+def _allowed(api: FastAPI, request: Request) -> str:
+    """Every method some route serves at the request's path (Starlette's 405 names only the
+    first route's, where several routes share a path, e.g. GET and POST /admin/jobs)."""
+    methods: set[str] = set()
+    for route in api.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 def _field_of(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p != "body"]
     field = ""
@@ -192,7 +204,10 @@ def create_api(
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         body = error_body(exc.status_code, code, str(exc.detail))
-        return answer(request, body, exc.status_code, getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed(api, request)
+        return answer(request, body, exc.status_code, headers)
 
     @api.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -41,15 +41,17 @@ def _spec(tmp_path: Path, **changes: Any) -> JobSpec:
     return JobSpec.model_validate(fields | changes)
 
 
-def test_a_missing_column_fails_the_job_before_any_data_is_read(tmp_path: Path) -> None:
-    import ray
-
+def test_a_missing_column_fails_the_job_before_any_data_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pd.DataFrame({"id": [1], "a": [1.0]}).to_parquet(tmp_path / "in.parquet")
     lineage = RecordingLineage()
+    started: list[object] = []
+    monkeypatch.setattr(batch_job.ray, "init", lambda *a, **k: started.append(a))
     with pytest.raises(storage.InputError, match="no column 'b'"):
         batch_job.run(_spec(tmp_path), lineage)  # type: ignore[arg-type]
     assert lineage.calls == []  # not even "running"
-    assert not ray.is_initialized()
+    assert started == []  # Ray never started
 
 
 def test_main_closes_the_run_as_failed_and_leaves_no_staging(
