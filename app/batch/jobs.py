@@ -225,12 +225,15 @@ class BatchJobs:
             raise Conflict(f"job {job_id} has ended already ({current.state})", field="job_id")
         self._jobs.stop(job_id)
         deadline = self._clock() + 30
-        while self._clock() < deadline:
-            ray_job = self._jobs.info(job_id)
-            if ray_job is None or _RAY_STATES.get(ray_job.status) in FINAL_STATES:
+        ray_job = self._jobs.info(job_id)
+        while ray_job is not None and _RAY_STATES.get(ray_job.status) not in FINAL_STATES:
+            if self._clock() > deadline:
                 break
             self._sleep(0.5)
-        if current.run_id:
+            ray_job = self._jobs.info(job_id)
+        # A job that ended on its own meanwhile (succeeded, failed) keeps its outcome.
+        stopped = ray_job is None or ray_job.status == "STOPPED"
+        if current.run_id and stopped:
             who = f" by {by}" if by else ""
             self._lineage.close_run(current.run_id, "cancelled", f"cancelled{who}")
         return self.status(job_id)

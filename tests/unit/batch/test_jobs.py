@@ -141,3 +141,18 @@ def test_list_is_newest_first_and_only_batch_jobs(data: Path) -> None:
     ray.jobs["x"] = RayJob("x", "RUNNING", metadata={KIND_KEY: "other"})
     assert [j.job_id for j in jobs.list()] == [second, first]
     assert ray.jobs[first].metadata[KIND_KEY] == KIND
+
+
+def test_a_job_that_ends_on_its_own_during_a_cancel_keeps_its_outcome(data: Path) -> None:
+    jobs, ray, lineage = _jobs()
+    job_id = jobs.submit(_request(data), None, None).job_id
+    lineage.runs_by_job[job_id].tags[TAG_STATE] = "running"
+    ray.jobs[job_id].status = "RUNNING"
+
+    def finishes(_job_id: str) -> None:  # the stop arrives as the job succeeds
+        ray.jobs[job_id].status = "SUCCEEDED"
+        lineage.runs_by_job[job_id].tags[TAG_STATE] = "succeeded"
+
+    ray.stop = finishes  # type: ignore[method-assign]
+    assert jobs.cancel(job_id, "ops").state == "succeeded"
+    assert lineage.runs_by_job[job_id].tags[TAG_STATE] == "succeeded"
