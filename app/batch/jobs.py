@@ -14,6 +14,7 @@ stays "running" forever and none leaves half-written files behind.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import time
@@ -35,6 +36,8 @@ from app.batch.spec import (
 )
 from app.serving.errors import Conflict, InvalidInput, ModellaneError, ModelUnavailable
 from app.serving.validation import TEXT_INPUT_NAME, InputSpec
+
+logger = logging.getLogger("modellane.batch")
 
 #: Ray's metadata key that marks a Ray job as a modellane batch job.
 KIND_KEY, KIND = "modellane.kind", "batch"
@@ -246,8 +249,11 @@ class BatchJobs:
         if run is not None and state in FINAL_STATES and run_state not in FINAL_STATES:
             self._lineage.close_run(run.run_id, state, message)
             output = run.params.get("output")
-            if output:
-                storage.abort(storage.Location.of(output), job_id)
+            try:
+                if output:
+                    storage.abort(storage.Location.of(output), job_id)
+            except (OSError, ValueError) as exc:  # the status still answers; said in the log
+                logger.warning("job %s: its staging in %s was not deleted: %r", job_id, output, exc)
         return _status(job_id, state, message, ray_job, run)
 
 
