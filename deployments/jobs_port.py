@@ -1,12 +1,13 @@
 """:class:`app.batch.jobs.JobsPort` over Ray's Jobs API (``JobSubmissionClient``).
 
-The Jobs API is served by the Ray dashboard. Inside the cluster the client finds it by
-itself (``RAY_ADDRESS``, else the running cluster's dashboard), and sends Ray's token
-where ``RAY_AUTH_MODE=token`` is set, as every process that ``ray start`` began has it.
+The Jobs API is served by the Ray dashboard. The client finds it from ``RAY_ADDRESS``, else
+from the GCS of the cluster this process runs in, and sends Ray's token where
+``RAY_AUTH_MODE=token`` is set, as every process that ``ray start`` began has it.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import threading
 from typing import Any
@@ -26,7 +27,7 @@ class RayJobs:
                 from ray.job_submission import JobSubmissionClient
 
                 try:
-                    self._client = JobSubmissionClient(self._address)
+                    self._client = JobSubmissionClient(self._address or _this_cluster())
                 except Exception as exc:  # no dashboard, refused, bad token: say which
                     raise JobsUnavailable(
                         f"Ray's Jobs API (the Ray dashboard) cannot be reached: {exc}"
@@ -64,6 +65,17 @@ class RayJobs:
 
     def list(self) -> list[RayJob]:
         return [_job(d) for d in self._call("list jobs", lambda c: c.list_jobs()) or []]
+
+
+def _this_cluster() -> str | None:
+    """$RAY_ADDRESS where set (the client reads it); else the GCS of the cluster this
+    process belongs to. Not the client's own "auto", which reads the address the latest
+    ``ray start`` on this host wrote to a file: another cluster's, or a stopped one's."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS") or not ray.is_initialized():
+        return None
+    return str(ray.get_runtime_context().gcs_address)
 
 
 def _job(details: Any) -> RayJob:
