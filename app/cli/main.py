@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from pydantic import ValidationError
 from rich.text import Text
 
 from app import constants
@@ -58,9 +56,9 @@ from app.cli.follow import (
     rollout_text,
 )
 from app.cli.log import log_cli
+from app.cli.policy import read_policy
 from app.cli.register_command import register
 from app.cli.views import events, status
-from app.control.rollout import RolloutPolicy
 
 EXIT_CODES = (
     "Exit codes: 0 ok; 1 the change failed (the version failed to load, the rollout was "
@@ -235,30 +233,6 @@ def promote(
     )  # fmt: skip
 
 
-def _read_policy(value: str) -> RolloutPolicy:
-    """``--policy``: JSON, or a file holding it; checked here before anything changes."""
-    example = (
-        '\'{"steps": [10, 50, 100], "step_interval_s": 60, "min_requests": 50, '
-        '"gates": {"min_agreement": 0.9}}\''
-    )
-    path = Path(value)
-    try:
-        text = path.read_text() if path.is_file() else value
-    except OSError as exc:
-        raise CliError(f"cannot read the policy file {value}: {exc}", EXIT_USAGE) from exc
-    try:
-        return RolloutPolicy.model_validate_json(text)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'policy'}: {e['msg']}" for e in exc.errors()
-        )
-        raise CliError(
-            f"--policy is not a rollout policy: {problems}",
-            EXIT_USAGE,
-            f"pass JSON (or a file of it) such as {example}",
-        ) from exc
-
-
 @cli.command()
 @reports_errors
 def canary(
@@ -283,7 +257,7 @@ def canary(
     Exits 0 once promoted, 1 if rolled back; for a model without a rollout policy, 0 once
     the challenger is routable (then set its weight with: modellane traffic).
     """
-    own_policy = _read_policy(policy) if policy is not None else None
+    own_policy = read_policy(policy) if policy is not None else None
     settings = settings_of(ctx)
     gateway, registry = settings.gateway_client(), settings.registry()
     before = gateway.status(model)
