@@ -39,6 +39,8 @@ DEFAULT_KEEP_PREVIOUS_S = 300.0
 DEFAULT_ROLLBACK_WAIT_S = 120.0
 
 # Tags modellane writes into the MLflow registry (all under "modellane.").
+#: How often the watcher writes waiting audit events to the audit store.
+AUDIT_FLUSH_S = 1.0
 TAG_PREFIX = "modellane."
 TAG_SWITCHED_AT = "modellane.switched_at"  # on a version: when it last became champion
 TAG_SWITCH = "modellane.last_switch"  # on a version: from which version, why

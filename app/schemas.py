@@ -137,6 +137,25 @@ class RollbackResult(BaseModel):
     status: ModelStatus
 
 
+class ApprovalResult(BaseModel):
+    name: str
+    version: str
+    approved_by: str = Field(..., description="The approving API key's name.")
+    approved_at: str = Field(..., description="When, UTC (ISO 8601).")
+    note: str
+    status: ModelStatus
+
+
+class ApproveRequest(BaseModel):
+    """Body of ``POST /admin/models/{name}/versions/{version}/approve``."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"note": "validated on the Q3 set"}]}
+    )
+
+    note: str = Field("", max_length=5000, description="Why it may serve; kept with it.")
+
+
 class PromoteRequest(BaseModel):
     """Body of ``POST /admin/models/{name}/promote``."""
 

@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from app import constants
 from app.alerts.settings import AlertSettings
+from app.audit.settings import AuditSettings
 from app.batch.spec import JobSettings
+from app.control.approvals import ApprovalSettings
 from app.control.rollout import RolloutPolicy
 from app.quality.drift import DriftSettings
 from app.security.auth import AuthSettings
@@ -131,6 +133,12 @@ class ModelDeploymentConfig(BatchSettings):
         gt=0,
         description="With idle_to_zero_s: how long a request waits for a version at zero "
         "replicas to start; past it, 503 with Retry-After.",
+    )
+    require_approval: bool = Field(
+        default=False,
+        description="A new champion serves only once approved (POST /admin/models/{name}/"
+        "versions/{version}/approve, a key with the approve scope); until then the current "
+        "champion keeps serving and the version is tagged modellane.blocked.",
     )
 
     @model_validator(mode="after")
@@ -396,6 +404,14 @@ class AppArgs(BaseModel):
     batch: JobSettings = Field(
         default_factory=JobSettings,
         description="Batch jobs (POST /admin/jobs): the CPU cap, actors, batch size, priority.",
+    )
+    audit: AuditSettings = Field(
+        default_factory=AuditSettings,
+        description="Where the audit trail (GET /admin/events) is kept, and for how long.",
+    )
+    approval: ApprovalSettings = Field(
+        default_factory=ApprovalSettings,
+        description="Rules of approvals, for models with require_approval.",
     )
     deploy_timeout_s: float = Field(
         default=constants.DEFAULT_DEPLOY_TIMEOUT_S,

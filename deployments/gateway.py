@@ -58,23 +58,32 @@ class WatcherControl:
     async def model_status(self, name: str) -> dict[str, Any]:
         return await self._watcher.model_status.remote(name)
 
-    async def rollback(self, name: str) -> dict[str, Any]:
-        return await self._watcher.rollback.remote(name)
+    async def rollback(self, name: str, actor: str | None = None) -> dict[str, Any]:
+        return await self._watcher.rollback.remote(name, actor)
 
-    async def promote(self, name: str, version: str) -> dict[str, Any]:
-        return await self._watcher.promote.remote(name, version)
+    async def promote(self, name: str, version: str, actor: str | None = None) -> dict[str, Any]:
+        return await self._watcher.promote.remote(name, version, actor)
 
-    async def events(self, model: str | None, since: int, limit: int) -> list[dict[str, Any]]:
+    async def approve(self, name: str, version: str, note: str, actor: str) -> dict[str, Any]:
+        return await self._watcher.approve.remote(name, version, note, actor)
+
+    async def events(
+        self, model: str | None, since: int, limit: int
+    ) -> list[dict[str, Any]] | dict[str, Any]:
         return await self._watcher.events.remote(model, since, limit)
 
     async def reload(self) -> None:
         await self._watcher.reload.remote()
 
-    async def set_traffic(self, name: str, challenger: float) -> dict[str, Any]:
-        return await self._watcher.set_traffic.remote(name, challenger)
+    async def set_traffic(
+        self, name: str, challenger: float, actor: str | None = None
+    ) -> dict[str, Any]:
+        return await self._watcher.set_traffic.remote(name, challenger, actor)
 
-    async def rollout_action(self, name: str, action: str) -> dict[str, Any]:
-        return await self._watcher.rollout_action.remote(name, action)
+    async def rollout_action(
+        self, name: str, action: str, actor: str | None = None
+    ) -> dict[str, Any]:
+        return await self._watcher.rollout_action.remote(name, action, actor)
 
     async def drift(self, name: str) -> dict[str, Any]:
         return await self._watcher.drift.remote(name)

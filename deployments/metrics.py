@@ -140,6 +140,8 @@ class WatcherMetrics:
     log_lost: Counter
     alerts_sent: Counter
     alert_failures: Counter
+    audit_pending: Gauge
+    audit_dropped: Gauge
 
 
 @functools.cache
@@ -187,6 +189,15 @@ def watcher_metrics() -> WatcherMetrics:
             "Failed alert deliveries, by sink and kind: every failed attempt (retried with "
             "back-off, or given up) and every alert dropped because too many were in flight.",
             tag_keys=_keys("sink", "kind"),
+        ),
+        audit_pending=Gauge(
+            "modellane_audit_events_pending",
+            "Audit events waiting in memory to be written (the audit store is unreachable).",
+        ),
+        audit_dropped=Gauge(
+            "modellane_audit_events_dropped",
+            "Audit events dropped since the watcher started (more waited than "
+            "audit.max_pending); the trail says how many once it is written again.",
         ),
     )
 

@@ -90,6 +90,10 @@ class RayControlMetrics:
     def alert_failed(self, sink: str, kind: str) -> None:
         watcher_metrics().alert_failures.inc(tags={"sink": sink, "kind": kind})
 
+    def audit(self, pending: int, dropped: int) -> None:
+        watcher_metrics().audit_pending.set(pending)
+        watcher_metrics().audit_dropped.set(dropped)
+
 
 def failure_reason(texts: list[str], error: BaseException) -> str:
     """The last exception line found in ``texts`` (a replica's traceback, Serve's message,

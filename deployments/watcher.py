@@ -20,6 +20,7 @@ from typing import Any
 from ray import serve
 
 from app import constants, tracing
+from app.control.memory import logger
 from app.control.plane import build
 from app.control.ports import SystemClock, ThreadedRegistry
 from app.control.registry import RegistryClient
@@ -69,6 +70,18 @@ class RegistryWatcher:
         )
         self._drift_task = loop.create_task(self._run_drift())
         self._quality_task = loop.create_task(self._parts.quality.run_forever())
+        self._audit_task = loop.create_task(
+            self._parts.write_events_forever(
+                constants.AUDIT_FLUSH_S, self._args.audit.retention_days
+            )
+        )
+
+    async def __del__(self) -> None:
+        """On a graceful stop (a redeploy, a scale-down), write what waits."""
+        try:
+            await asyncio.to_thread(self._parts.memory.events.flush)
+        except Exception as exc:  # the store is down: what waits is lost with this replica
+            logger.warning("audit events not written at shutdown: %s", exc)
 
     async def _run_drift(self) -> None:
         while True:
@@ -116,8 +129,16 @@ class RegistryWatcher:
         """Reconcile now instead of at the next poll."""
         self._parts.wake()
 
-    def events(self, model: str | None = None, since: int = 0, limit: int = 500) -> list[Any]:
-        return [e.model_dump() for e in self._parts.memory.events.list(model, since, limit)]
+    async def events(
+        self, model: str | None = None, since: int = 0, limit: int = 500
+    ) -> list[Any] | dict[str, Any]:
+        """The audit trail from its store (what waits is written first), or the common
+        error body where the store cannot be read."""
+        try:
+            found = await asyncio.to_thread(self._parts.memory.events.list, model, since, limit)
+        except ModellaneError as exc:
+            return exc.body()
+        return [e.model_dump() for e in found]
 
     def quality(self, name: str) -> dict[str, Any]:
         """Live quality per version: the figures now and their history."""
@@ -133,17 +154,24 @@ class RegistryWatcher:
     async def model_status(self, name: str) -> dict[str, Any]:
         return await _answer(self._parts.admin.status(name))
 
-    async def rollback(self, name: str) -> dict[str, Any]:
-        return await _answer(self._parts.admin.rollback(name))
+    async def rollback(self, name: str, actor: str | None = None) -> dict[str, Any]:
+        return await _answer(self._parts.admin.rollback(name, actor))
 
-    async def promote(self, name: str, version: str) -> dict[str, Any]:
-        return await _answer(self._parts.admin.promote(name, version))
+    async def promote(self, name: str, version: str, actor: str | None = None) -> dict[str, Any]:
+        return await _answer(self._parts.admin.promote(name, version, actor))
 
-    async def set_traffic(self, name: str, challenger: float) -> dict[str, Any]:
-        return await _answer(self._parts.admin.set_traffic(name, challenger))
+    async def approve(self, name: str, version: str, note: str, actor: str) -> dict[str, Any]:
+        return await _answer(self._parts.admin.approve(name, version, note, actor))
 
-    async def rollout_action(self, name: str, action: str) -> dict[str, Any]:
-        return await _answer(self._parts.admin.rollout_action(name, action))
+    async def set_traffic(
+        self, name: str, challenger: float, actor: str | None = None
+    ) -> dict[str, Any]:
+        return await _answer(self._parts.admin.set_traffic(name, challenger, actor))
+
+    async def rollout_action(
+        self, name: str, action: str, actor: str | None = None
+    ) -> dict[str, Any]:
+        return await _answer(self._parts.admin.rollout_action(name, action, actor))
 
 
 def _quality_monitor(args: AppArgs) -> QualityMonitor | None:

@@ -1,5 +1,6 @@
-"""The admin actions the HTTP API and the CLI call: status, promote, rollback, traffic and
-rollout actions.
+"""The admin actions the HTTP API and the CLI call: status, promote, rollback, traffic,
+rollout actions and approvals. Each takes the acting key's name (``actor``), which its
+events carry.
 
 Every action is a change in the registry (an alias or a ``modellane.*`` tag) that the
 control plane then follows; an answer waits for the switch where there is one.
@@ -8,14 +9,29 @@ control plane then follows; an answer waits for the switch where there is one.
 from __future__ import annotations
 
 from app import constants
+from app.control import approvals
 from app.control import events as ev
 from app.control.context import ControlContext
 from app.control.lifecycle import Lifecycle
+from app.control.memory import iso
 from app.control.quality import QualityLoop
 from app.control.rollout_driver import RolloutDriver
 from app.control.routing import Target
-from app.schemas import FailureInfo, ModelStatus, ReplicaHealth, RoleInfo, RollbackResult
-from app.serving.errors import Conflict, ModellaneError, ModelNotFound, RegistryUnavailable
+from app.schemas import (
+    ApprovalResult,
+    FailureInfo,
+    ModelStatus,
+    ReplicaHealth,
+    RoleInfo,
+    RollbackResult,
+)
+from app.serving.errors import (
+    Conflict,
+    Forbidden,
+    ModellaneError,
+    ModelNotFound,
+    RegistryUnavailable,
+)
 
 
 class Admin:
@@ -93,15 +109,69 @@ class Admin:
             comparison=comparison.summary() if compared or comparison.dropped else None,
         )
 
-    async def set_traffic(self, name: str, weight: float) -> ModelStatus:
-        await self._rollouts.set_weight(name, weight)
+    async def set_traffic(self, name: str, weight: float, actor: str | None = None) -> ModelStatus:
+        await self._rollouts.set_weight(name, weight, actor)
         return await self.status(name)
 
-    async def rollout_action(self, name: str, action: str) -> ModelStatus:
-        await self._rollouts.act(name, action)
+    async def rollout_action(self, name: str, action: str, actor: str | None = None) -> ModelStatus:
+        await self._rollouts.act(name, action, actor)
         return await self.status(name)
 
-    async def rollback(self, name: str) -> RollbackResult:
+    async def approve(self, name: str, version: str, note: str, actor: str) -> ApprovalResult:
+        """Approve ``version`` to serve as champion: tags on the version (who, when, the
+        note), an event, and a reconcile at once (a blocked champion then switches)."""
+        memory = self._ctx.memory
+        memory.state(name)
+        self._known(name, version)
+        try:
+            tags = await self._ctx.registry.version_tags(name, version)
+        except Exception as exc:
+            memory.note_error("read of a version's tags", exc, name, version, "not approved")
+            raise RegistryUnavailable(
+                f"cannot read version {version} of {name!r}: {exc}; try again", model=name
+            ) from exc
+        given = approvals.approval_of(tags)
+        if given is not None:
+            raise Conflict(
+                f"version {version} of {name!r} was approved by {given.by!r} at {given.at}",
+                model=name, version=version,
+            )  # fmt: skip
+        refusal = approvals.approver_refusal(tags, actor, memory.args.approval.four_eyes)
+        if refusal is not None:
+            raise Forbidden(refusal, model=name, version=version)
+        at = iso(memory.clock.time())
+        approval = {
+            approvals.TAG_APPROVED_BY: actor,
+            approvals.TAG_APPROVED_AT: at,
+            approvals.TAG_APPROVAL_NOTE: note[:5000],
+        }
+        try:
+            await self._ctx.registry.tag_version(name, version, approval)
+            if approvals.TAG_BLOCKED in tags:
+                await self._ctx.registry.untag_version(name, version, approvals.TAG_BLOCKED)
+        except Exception as exc:
+            memory.note_error("approval write", exc, name, version, "not approved")
+            raise RegistryUnavailable(
+                f"the approval of version {version} of {name!r} was not written: {exc}",
+                model=name, version=version,
+            ) from exc  # fmt: skip
+        said = f"approved: {note}" if note else "approved"
+        memory.events.add(ev.APPROVE, name, version, said, actor)
+        self._ctx.wake()
+        return ApprovalResult(
+            name=name, version=version, approved_by=actor, approved_at=at, note=note,
+            status=await self.status(name),
+        )  # fmt: skip
+
+    def _known(self, name: str, version: str) -> None:
+        if version not in {v.version for v in self._ctx.memory.versions.get(name, [])}:
+            raise ModelNotFound(
+                f"model {name!r} has no registered version {version!r}",
+                model=name,
+                version=version,
+            )
+
+    async def rollback(self, name: str, actor: str | None = None) -> RollbackResult:
         """Move ``champion`` back to the previous champion in MLflow, then follow it."""
         memory = self._ctx.memory
         state = memory.state(name)
@@ -122,26 +192,28 @@ class Admin:
                 ) from exc
         if target is None or target == current:
             raise Conflict(f"model {name!r} has no previous champion to roll back to", model=name)
-        return await self._move_champion(name, target, ev.ROLLBACK, "rollback asked", started)
+        return await self._move_champion(
+            name, target, ev.ROLLBACK, "rollback asked", started, actor
+        )
 
-    async def promote(self, name: str, version: str) -> RollbackResult:
+    async def promote(self, name: str, version: str, actor: str | None = None) -> RollbackResult:
         """Move ``champion`` to ``version`` in MLflow, then follow the switch."""
         memory = self._ctx.memory
         state = memory.state(name)
         started = memory.clock.monotonic()
-        if version not in {v.version for v in memory.versions.get(name, [])}:
-            raise ModelNotFound(
-                f"model {name!r} has no registered version {version!r}",
-                model=name,
-                version=version,
-            )
+        self._known(name, version)
         if state.champion is not None and state.champion.version == version:
             raise Conflict(f"version {version} of {name!r} is the champion already", model=name)
-        return await self._move_champion(name, version, ev.PROMOTE, "promotion asked", started)
+        if actor is not None:  # who moved it, for four-eyes approvals
+            await self._ctx.outbox.tag_version(name, version, {approvals.TAG_PROMOTED_BY: actor})
+        return await self._move_champion(
+            name, version, ev.PROMOTE, "promotion asked", started, actor
+        )
 
     async def _move_champion(
-        self, name: str, target: str, kind: str, why: str, started: float
-    ) -> RollbackResult:
+        self, name: str, target: str, kind: str, why: str, started: float,
+        actor: str | None = None,
+    ) -> RollbackResult:  # fmt: skip
         """Move alias ``champion`` to ``target``; answer once the table switched (or later)."""
         memory = self._ctx.memory
         current = memory.champion_version(name)
@@ -155,7 +227,7 @@ class Admin:
                 version=target,
             ) from exc
         message = f"{why}: alias 'champion' moved v{current} -> v{target}"
-        memory.events.add(kind, name, target, message)
+        memory.events.add(kind, name, target, message, actor)
         if kind == ev.ROLLBACK:
             memory.alert("rollback", name, target, message)
         self._ctx.wake()

@@ -17,7 +17,7 @@ from app.control import events as ev
 from app.control.events import EventLog
 from app.control.ports import Clock, ControlMetrics
 from app.control.reconcile import ModelState
-from app.control.registry import Desired
+from app.control.registry import Desired, RegisteredVersion
 from app.control.rollout import Rollout, RolloutPolicy
 from app.quality.compare import ComparisonStats
 from app.quality.stats import ArmStats
@@ -49,6 +49,8 @@ class ControlMemory:
         self.leaving: dict[str, ModelState] = {}
         #: model -> role -> the version the registry wants in it (from the last good read)
         self.desired_roles: dict[str, dict[str, Desired]] = {}
+        #: model -> its versions with their tags, at the last good read (approvals)
+        self.registered: dict[str, list[RegisteredVersion]] = {}
         self.rollouts: dict[str, Rollout] = {}
         #: gateway replica -> its latest cumulative figures
         self.reports: dict[str, dict[str, Any]] = {}
@@ -124,8 +126,8 @@ class ControlMemory:
     ) -> None:  # fmt: skip
         """Tell operators (webhook, e-mail; :mod:`app.alerts`) without waiting for it.
 
-        Kinds: drift, rollback, failed_load, registry_unreachable, and blocked_promotion,
-        which approvals will raise here once they exist. The caller records its event."""
+        Kinds: drift, rollback, failed_load, registry_unreachable and blocked_promotion
+        (a champion without an approval). The caller records its event."""
         self.alerts.send(kind, model, version, message, details)
 
     def note_error(

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import smtplib
 from dataclasses import dataclass, field
 
 from app import constants
 from app.alerts import Alerts, EmailSink, WebhookSink
 from app.alerts.sinks import PostJson, Sink, SmtpFactory, post_json
+from app.audit.store import AuditStore
 from app.control.admin import Admin
 from app.control.context import ControlContext
 from app.control.events import EventLog
 from app.control.lifecycle import Lifecycle
-from app.control.memory import ControlMemory
+from app.control.memory import ControlMemory, logger
 from app.control.monitors import DriftMonitor
 from app.control.outbox import Outbox
 from app.control.ports import Clock, ControlMetrics, QualityPort, RegistryPort, ServePort
@@ -28,6 +30,9 @@ from app.control.quality import QualityLoop
 from app.control.reconcile_pass import Reconciler
 from app.control.rollout_driver import RolloutDriver
 from app.settings import AppArgs
+
+#: How often events past audit.retention_days are deleted.
+_PRUNE_EVERY_S = 3600.0
 
 
 @dataclass
@@ -64,6 +69,23 @@ class ControlParts:
             await asyncio.sleep(tick_s)
             await self.rollouts.tick_all()
 
+    async def write_events_forever(self, interval_s: float, retention_days: float) -> None:
+        """Write waiting events every ``interval_s`` (a failed write is counted; they wait
+        for the next); delete events past ``retention_days`` hourly."""
+        events = self.memory.events
+        pruned_at = -math.inf
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(events.flush)
+                now = self.memory.clock.time()
+                if now - pruned_at >= _PRUNE_EVERY_S:
+                    pruned_at = now
+                    await asyncio.to_thread(events.store.prune, now - retention_days * 86400)
+            except Exception:  # logged by the log once per outage; counted each time
+                self.memory.metrics.control_error("", "audit write")
+            self.memory.metrics.audit(events.pending, events.dropped)
+
     async def measure_drift_forever(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
@@ -81,7 +103,11 @@ def build(
     quality: QualityPort | None = None,
     smtp: SmtpFactory = smtplib.SMTP,
 ) -> ControlParts:
-    memory = ControlMemory(args, EventLog(clock=clock.time), clock, metrics)
+    store = AuditStore(args.audit.uri())
+    if not store.durable:
+        logger.warning("audit.db_uri is unset: the audit trail is kept in memory only")
+    events = EventLog(store, clock.time, args.audit.max_pending)
+    memory = ControlMemory(args, events, clock, metrics)
     memory.alerts = _alerts(args, memory, post_alert, smtp)
     wake_event = asyncio.Event()
     outbox = Outbox(registry, memory)

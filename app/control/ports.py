@@ -78,6 +78,8 @@ class RegistryPort(Protocol):
 
     async def tag_model(self, name: str, key: str, value: str) -> None: ...
 
+    async def untag_version(self, name: str, version: str, key: str) -> None: ...
+
     async def log_quality(
         self, name: str, version: str, metrics: dict[str, float], at: float
     ) -> str:
@@ -155,6 +157,10 @@ class ControlMetrics(Protocol):
         """One failed delivery attempt of an alert (retried or given up), or one dropped."""
         ...
 
+    def audit(self, pending: int, dropped: int) -> None:
+        """Audit events waiting to be written, and dropped since the start (gauges)."""
+        ...
+
 
 class SystemClock:
     def time(self) -> float:
@@ -197,6 +203,9 @@ class ThreadedRegistry:
 
     async def tag_model(self, name: str, key: str, value: str) -> None:
         await asyncio.to_thread(self._client.tag_model, name, key, value)
+
+    async def untag_version(self, name: str, version: str, key: str) -> None:
+        await asyncio.to_thread(self._client.untag_version, name, version, key)
 
     async def log_quality(
         self, name: str, version: str, metrics: dict[str, float], at: float

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 
 from app import constants
+from app.control import approvals
 from app.control import events as ev
 from app.control.context import ControlContext
 from app.control.lifecycle import Lifecycle
@@ -42,6 +43,8 @@ class Reconciler:
         self._unservable: set[str] = set()
         #: model -> alias and stage champions at its last read (who changed last)
         self._signals: dict[str, ChampionSignals] = {}
+        #: (model, version) blocked for want of an approval and told (event, tag, alert)
+        self._told: set[tuple[str, str]] = set()
 
     async def run_pass(self) -> None:
         """One pass. The first one rebuilds the memory after a (re)start; until it ends,
@@ -77,7 +80,8 @@ class Reconciler:
                 memory.problems[name] = str(read)
             elif isinstance(read, list):
                 read = await self._align(name, read)
-                roles = desired_roles(read)
+                memory.registered[name] = read
+                roles = await self._approved(name, read, desired_roles(read))
                 memory.desired_roles[name] = roles
                 self._note_champion(name, roles.get(constants.ROLE_CHAMPION))
                 first = name not in self._rebuilt
@@ -121,6 +125,30 @@ class Reconciler:
         )  # fmt: skip
         self._signals[name] = ChampionSignals.of(fresh)
         return fresh
+
+    async def _approved(
+        self, name: str, versions: list[RegisteredVersion], roles: dict[str, Desired]
+    ) -> dict[str, Desired]:
+        """The roles with the champion held back where the registry's is not approved
+        (``require_approval``): tagged ``modellane.blocked``, an event and an alert, once."""
+        memory = self._ctx.memory
+        champion = memory.states[name].champion
+        serving = Desired(champion.version, champion.source) if champion else None
+        required = memory.settings(name).require_approval
+        gated, blocked = approvals.gate(versions, roles, serving, required)
+        if blocked is None:
+            return roles
+        wanted = roles[constants.ROLE_CHAMPION]
+        kept = gated.get(constants.ROLE_CHAMPION)
+        if approvals.TAG_BLOCKED not in blocked.tags and (name, wanted.version) not in self._told:
+            self._told.add((name, wanted.version))
+            reason = approvals.blocked_reason(wanted, kept)
+            await self._ctx.outbox.tag_version(
+                name, wanted.version, {approvals.TAG_BLOCKED: reason}
+            )
+            memory.events.add(ev.BLOCKED, name, wanted.version, reason)
+            memory.alert("blocked_promotion", name, wanted.version, reason)
+        return gated
 
     async def _discover(self) -> Exception | None:
         """Serve the models the registry tags for serving, and stop serving those it no

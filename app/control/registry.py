@@ -202,6 +202,11 @@ class RegistryClient:
     def tag_model(self, name: str, key: str, value: str) -> None:
         self._client.set_registered_model_tag(name, key, value)
 
+    def untag_version(self, name: str, version: str, key: str) -> None:
+        """Delete a version's tag (none there is no error)."""
+        if key in self.version_tags(name, version):
+            self._client.delete_model_version_tag(name, version, key)
+
     def version_tags(self, name: str, version: str) -> dict[str, str]:
         return dict(self._client.get_model_version(name, version).tags or {})
 

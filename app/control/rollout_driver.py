@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 from app import constants, tracing
+from app.control import approvals
 from app.control import events as ev
 from app.control import rollout as rollout_mod
 from app.control.context import ControlContext
@@ -149,6 +150,8 @@ class RolloutDriver:
         )
         if decision.action == "wait":
             return
+        if decision.action == "promote" and self._awaits_approval(name, rollout):
+            return  # at its last step until approved; the next tick looks again
         attributes = {
             "modellane.model": name, "modellane.version": rollout.version,
             "modellane.step": rollout.step, "modellane.decision": decision.action,
@@ -173,6 +176,22 @@ class RolloutDriver:
                 await self._promote(name, rollout, decision)
             elif decision.action == "rollback":
                 await self.roll_back(name, rollout, decision.reason, decision.gates)
+
+    def _awaits_approval(self, name: str, rollout: rollout_mod.Rollout) -> bool:
+        """A rollout of a model with ``require_approval`` promotes an approved version
+        only; it waits at its last step and says why (its reason, an event once)."""
+        memory = self._ctx.memory
+        if not memory.settings(name).require_approval:
+            return False
+        versions = memory.registered.get(name, [])
+        found = next((v for v in versions if v.version == rollout.version), None)
+        if found is not None and approvals.cleared(found):
+            return False
+        why = f"every step passed; waiting for an approval of v{rollout.version} to promote it"
+        if rollout.reason != why:
+            memory.rollouts[name] = rollout.model_copy(update={"reason": why})
+            memory.events.add(ev.ROLLOUT, name, rollout.version, why)
+        return True
 
     async def _promote(
         self, name: str, rollout: rollout_mod.Rollout, decision: rollout_mod.Decision
@@ -218,6 +237,7 @@ class RolloutDriver:
         reason: str,
         gates: list[GateResult],
         status: rollout_mod.Status = rollout_mod.ROLLED_BACK,
+        actor: str | None = None,
     ) -> None:
         memory = self._ctx.memory
         state = memory.states[name]
@@ -239,7 +259,7 @@ class RolloutDriver:
             await self._ctx.outbox.tag_version(name, rollout.version, tags)
             # The outcome shows last, once the registry says the same.
             memory.rollouts[name] = rollout_mod.finish(rollout, status, reason, gates)
-            memory.events.add(ev.ROLLBACK, name, rollout.version, message)
+            memory.events.add(ev.ROLLBACK, name, rollout.version, message, actor)
             memory.alert("rollback", name, rollout.version, message)
             memory.metrics.rollback(name, rollout.version)
         finally:
@@ -273,7 +293,7 @@ class RolloutDriver:
 
     # -- what operators do -------------------------------------------------------------
 
-    async def set_weight(self, name: str, weight: float) -> None:
+    async def set_weight(self, name: str, weight: float, actor: str | None = None) -> None:
         """Set the challenger's share by hand; a running rollout pauses."""
         memory = self._ctx.memory
         state = memory.state(name)
@@ -283,19 +303,20 @@ class RolloutDriver:
         if rollout is not None and rollout.status == rollout_mod.RUNNING:
             memory.rollouts[name] = rollout.model_copy(update={"status": rollout_mod.PAUSED})
             memory.events.add(
-                ev.ROLLOUT, name, rollout.version, "rollout paused: weight set by hand"
+                ev.ROLLOUT, name, rollout.version, "rollout paused: weight set by hand", actor
             )
         state.weight = weight
         memory.events.add(
-            ev.TRAFFIC, name, state.challenger.version, f"challenger weight set to {weight:g}%"
-        )
+            ev.TRAFFIC, name, state.challenger.version, f"challenger weight set to {weight:g}%",
+            actor,
+        )  # fmt: skip
         self._ctx.publisher.publish()
         await self._ctx.outbox.tag_version(
             name, state.challenger.version, {constants.TAG_WEIGHT: f"{weight:g}"}
         )
         await self.save(name)
 
-    async def act(self, name: str, action: str) -> None:
+    async def act(self, name: str, action: str, actor: str | None = None) -> None:
         """``pause``, ``resume`` or ``abort`` the model's rollout."""
         memory = self._ctx.memory
         state = memory.state(name)
@@ -321,11 +342,13 @@ class RolloutDriver:
             state.weight = memory.rollouts[name].weight(policy)
             self._ctx.publisher.publish()
         elif action == "abort":
-            await self.roll_back(name, rollout, "aborted by an operator", [], rollout_mod.ABORTED)
+            await self.roll_back(
+                name, rollout, "aborted by an operator", [], rollout_mod.ABORTED, actor
+            )
             return
         else:
             raise Conflict(f"unknown rollout action {action!r}", model=name)
-        memory.events.add(ev.ROLLOUT, name, rollout.version, f"rollout {action}d")
+        memory.events.add(ev.ROLLOUT, name, rollout.version, f"rollout {action}d", actor)
         await self.save(name)
 
     def info(self, name: str) -> dict[str, Any] | None:

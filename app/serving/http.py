@@ -22,6 +22,8 @@ from starlette.routing import Match
 from app import constants
 from app.control.events import Event
 from app.schemas import (
+    ApprovalResult,
+    ApproveRequest,
     ErrorResponse,
     Health,
     ModelList,
@@ -33,7 +35,7 @@ from app.schemas import (
     RolloutAction,
     TrafficRequest,
 )
-from app.security.access import AccessControl
+from app.security.access import STATE_KEY_NAME, AccessControl
 from app.security.auth import Authenticator
 from app.security.ratelimit import RateLimiter
 from app.serving.dataplane import DataPlane
@@ -89,17 +91,29 @@ class ControlPlane(Protocol):
 
     async def model_status(self, name: str) -> dict[str, Any]: ...
 
-    async def rollback(self, name: str) -> dict[str, Any]: ...
+    async def rollback(self, name: str, actor: str | None = None) -> dict[str, Any]: ...
 
-    async def promote(self, name: str, version: str) -> dict[str, Any]: ...
+    async def promote(
+        self, name: str, version: str, actor: str | None = None
+    ) -> dict[str, Any]: ...
 
-    async def events(self, model: str | None, since: int, limit: int) -> list[dict[str, Any]]: ...
+    async def approve(self, name: str, version: str, note: str, actor: str) -> dict[str, Any]: ...
+
+    async def events(
+        self, model: str | None, since: int, limit: int
+    ) -> list[dict[str, Any]] | dict[str, Any]:
+        """The events, or the common error body where the audit store is unreadable."""
+        ...
 
     async def reload(self) -> None: ...
 
-    async def set_traffic(self, name: str, challenger: float) -> dict[str, Any]: ...
+    async def set_traffic(
+        self, name: str, challenger: float, actor: str | None = None
+    ) -> dict[str, Any]: ...
 
-    async def rollout_action(self, name: str, action: str) -> dict[str, Any]: ...
+    async def rollout_action(
+        self, name: str, action: str, actor: str | None = None
+    ) -> dict[str, Any]: ...
 
     async def drift(self, name: str) -> dict[str, Any]: ...
 
@@ -108,6 +122,11 @@ class ControlPlane(Protocol):
     async def feedback(
         self, name: str, entries: list[tuple[str, str]], key: str | None
     ) -> dict[str, Any]: ...
+
+
+def _actor(http: Request) -> str | None:
+    """The name of the API key the request came with (None where auth is off)."""
+    return getattr(http.state, STATE_KEY_NAME, None)
 
 
 def _unwrap(answer: dict[str, Any]) -> dict[str, Any]:
@@ -291,8 +310,8 @@ def _add_admin_routes(
         summary="Move alias champion back to the previous champion, in MLflow",
         tags=["admin"],
     )
-    async def rollback(name: str) -> dict[str, Any]:
-        return _unwrap(await control.rollback(name))
+    async def rollback(name: str, http: Request) -> dict[str, Any]:
+        return _unwrap(await control.rollback(name, actor=_actor(http)))
 
     @api.post(
         "/admin/models/{name}/promote",
@@ -304,8 +323,25 @@ def _add_admin_routes(
         summary="Move alias champion to a version, in MLflow, and follow the switch",
         tags=["admin"],
     )
-    async def promote(name: str, body: PromoteRequest) -> dict[str, Any]:
-        return _unwrap(await control.promote(name, body.version))
+    async def promote(name: str, body: PromoteRequest, http: Request) -> dict[str, Any]:
+        return _unwrap(await control.promote(name, body.version, actor=_actor(http)))
+
+    @api.post(
+        "/admin/models/{name}/versions/{version}/approve",
+        response_model=ApprovalResult,
+        responses={
+            403: {"model": ErrorResponse, "description": "No approve scope, or four-eyes"},
+            404: {"model": ErrorResponse, "description": "Unknown model or version"},
+            409: {"model": ErrorResponse, "description": "Approved already"},
+        },
+        summary="Approve a version to serve as champion (require_approval); an approve key",
+        tags=["admin"],
+    )
+    async def approve(
+        name: str, version: str, http: Request, body: ApproveRequest | None = None
+    ) -> dict[str, Any]:
+        note = body.note if body is not None else ""
+        return _unwrap(await control.approve(name, version, note, _actor(http) or "anonymous"))
 
     @api.put(
         "/admin/models/{name}/traffic",
@@ -317,8 +353,8 @@ def _add_admin_routes(
         summary="Set the challenger's weight by hand (pauses a running rollout)",
         tags=["admin"],
     )
-    async def set_traffic(name: str, body: TrafficRequest) -> dict[str, Any]:
-        return _unwrap(await control.set_traffic(name, body.challenger))
+    async def set_traffic(name: str, body: TrafficRequest, http: Request) -> dict[str, Any]:
+        return _unwrap(await control.set_traffic(name, body.challenger, actor=_actor(http)))
 
     @api.post(
         "/admin/models/{name}/rollout/{action}",
@@ -327,8 +363,8 @@ def _add_admin_routes(
         summary="Pause, resume or abort the rollout in progress",
         tags=["admin"],
     )
-    async def rollout_action(name: str, action: RolloutAction) -> dict[str, Any]:
-        return _unwrap(await control.rollout_action(name, action.value))
+    async def rollout_action(name: str, action: RolloutAction, http: Request) -> dict[str, Any]:
+        return _unwrap(await control.rollout_action(name, action.value, actor=_actor(http)))
 
     @api.get(
         "/admin/models/{name}/drift",
@@ -359,7 +395,10 @@ def _add_admin_routes(
         since: int = Query(0, ge=0, description="Only events with a larger seq."),
         limit: int = Query(500, ge=1, le=2000),
     ) -> list[dict[str, Any]]:
-        return await control.events(model, since, limit)
+        answer = await control.events(model, since, limit)
+        if isinstance(answer, dict):
+            raise from_body(answer)  # the audit store is unreadable: 503, never "no events"
+        return answer
 
     @api.post(
         "/admin/reload", status_code=202, summary="Reconcile with the registry now", tags=["admin"]

@@ -188,6 +188,8 @@ def test_importing_every_app_module_loads_no_ray() -> None:
     modules = sorted(
         ".".join(p.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
         for p in _app_sources()
+        # Alembic's scripts run inside Alembic only (they need its migration context).
+        if "migrations" not in p.parts
     )
     code = (
         "import importlib, json, sys\n"

@@ -263,7 +263,7 @@ class World:
         self._tick(sim)
         return self._status(sim)
 
-    async def rollback(self, name: str) -> dict[str, Any]:
+    async def rollback(self, name: str, actor: str | None = None) -> dict[str, Any]:
         sim = self._sim(name)
         if sim is None:
             return self._unknown(name)
@@ -291,7 +291,9 @@ class World:
         for sim in self.models.values():
             self._reconcile(sim)
 
-    async def set_traffic(self, name: str, challenger: float) -> dict[str, Any]:
+    async def set_traffic(
+        self, name: str, challenger: float, actor: str | None = None
+    ) -> dict[str, Any]:
         sim = self._sim(name)
         if sim is None:
             return self._unknown(name)
@@ -303,7 +305,9 @@ class World:
         self.event("traffic", name, sim.challenger, f"weight set to {challenger:g}%")
         return self._status(sim)
 
-    async def rollout_action(self, name: str, action: str) -> dict[str, Any]:
+    async def rollout_action(
+        self, name: str, action: str, actor: str | None = None
+    ) -> dict[str, Any]:
         sim = self._sim(name)
         if sim is None:
             return self._unknown(name)

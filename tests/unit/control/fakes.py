@@ -67,6 +67,9 @@ class FakeMetrics:
     def alert_sent(self, sink: str, kind: str) -> None:
         self._note("alert_sent", sink, kind)
 
+    def audit(self, pending: int, dropped: int) -> None:
+        self._note("audit", pending, dropped)
+
     def alert_failed(self, sink: str, kind: str) -> None:
         self._note("alert_failed", sink, kind)
 
@@ -260,6 +263,10 @@ class FakeRegistry:
     async def tag_model(self, name: str, key: str, value: str) -> None:
         await self._write("tag_model", name, key, value)
         self.model_tags.setdefault(name, {})[key] = value
+
+    async def untag_version(self, name: str, version: str, key: str) -> None:
+        await self._write("untag_version", name, version, key)
+        self.models[name][version].tags.pop(key, None)
 
     async def log_quality(
         self, name: str, version: str, metrics: dict[str, float], at: float

@@ -1,7 +1,13 @@
-"""app/control/events.py: the bounded, ordered audit trail, with an injected clock."""
+"""app/control/events.py: the ordered, durable audit trail over the real SQL store (SQLite
+in memory or in a file), with an injected clock."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from app.audit.store import AuditStore, AuditUnavailable, NewEvent
 from app.control import events as ev
 from app.control.events import Event, EventLog
 
@@ -19,35 +25,45 @@ class FakeClock:
         return value
 
 
-def test_add_numbers_events_from_one_and_stamps_them_with_the_clock() -> None:
+def test_the_store_numbers_events_from_one_in_order_and_stamps_them_with_the_clock() -> None:
     clock = FakeClock(start=100.0, step=2.0)
     log = EventLog(clock=clock)
-    first = log.add(ev.DEPLOY, "iris", "3", "deploying iris-v3")
-    second = log.add(ev.SWITCH, "iris", "3")
-    third = log.add(ev.REGISTRY_UNREACHABLE)
+    log.add(ev.DEPLOY, "iris", "3", "deploying iris-v3")
+    log.add(ev.SWITCH, "iris", "3", actor="ops")
+    log.add(ev.REGISTRY_UNREACHABLE)
 
+    first, second, third = log.list()
     assert first == Event(
-        seq=1, time=100.0, kind="deploy", model="iris", version="3", message="deploying iris-v3"
-    )
-    assert (second.seq, second.time, second.message) == (2, 102.0, "")
-    assert (third.seq, third.time, third.model, third.version) == (3, 104.0, None, None)
+        seq=1, time=100.0, kind="deploy", model="iris", version="3", actor="registry",
+        message="deploying iris-v3",
+    )  # fmt: skip
+    assert (second.seq, second.time, second.actor) == (2, 102.0, "ops")
+    assert (third.seq, third.model, third.actor) == (3, None, "modellane")
     assert clock.calls == 3
-    assert log.list() == [first, second, third]
 
 
 def test_seq_is_strictly_increasing_even_when_the_clock_stands_still() -> None:
     log = EventLog(clock=lambda: 5.0)
-    added = [log.add(ev.RETRY, "iris") for _ in range(20)]
-    seqs = [e.seq for e in added]
-    assert seqs == list(range(1, 21))
-    assert all(e.time == 5.0 for e in added)
+    for _ in range(20):
+        log.add(ev.RETRY, "iris")
+    events = log.list()
+    assert [e.seq for e in events] == list(range(1, 21))
+    assert all(e.time == 5.0 for e in events)
 
 
-def test_each_log_counts_on_its_own() -> None:
-    a, b = EventLog(clock=lambda: 0.0), EventLog(clock=lambda: 0.0)
-    a.add(ev.DEPLOY)
-    a.add(ev.DEPLOY)
-    assert b.add(ev.DEPLOY).seq == 1
+def test_a_new_log_on_the_same_store_carries_on_the_sequence(tmp_path: Path) -> None:
+    """A restarted watcher: the trail and its numbers go on where they were."""
+    uri = f"sqlite:///{tmp_path}/audit.db"
+    before = EventLog(AuditStore(uri), clock=lambda: 1.0)
+    for _ in range(3):
+        before.add(ev.DEPLOY, "iris")
+    before.flush()
+    after = EventLog(AuditStore(uri), clock=lambda: 2.0)
+    after.add(ev.ADOPT, "iris", "1")
+    assert [(e.seq, e.kind) for e in after.list()] == [
+        (1, "deploy"), (2, "deploy"), (3, "deploy"), (4, "adopt"),
+    ]  # fmt: skip
+    assert [e.seq for e in after.list(since=3)] == [4]
 
 
 def test_list_filters_by_model() -> None:
@@ -95,29 +111,93 @@ def test_limit_applies_after_the_model_filter() -> None:
     assert [e.seq for e in log.list(model="iris", limit=2)] == [2, 3]
 
 
-def test_capacity_drops_the_oldest_and_seq_keeps_increasing() -> None:
-    clock = FakeClock(start=0.0, step=1.0)
-    log = EventLog(capacity=3, clock=clock)
+class Flaky(AuditStore):
+    """The real store, made unreachable at will."""
+
+    def __init__(self) -> None:
+        super().__init__("sqlite://")
+        self.down = False
+
+    def append(self, events: list[NewEvent]) -> None:
+        if self.down:
+            raise ConnectionError("database unreachable")
+        super().append(events)
+
+    def list(self, model: str | None = None, since: int = 0, limit: int = 500) -> list[Event]:
+        if self.down:
+            raise ConnectionError("database unreachable")
+        return super().list(model, since, limit)
+
+
+def test_events_wait_while_the_store_is_down_and_are_written_in_order_when_it_returns() -> None:
+    store = Flaky()
+    log = EventLog(store, clock=FakeClock(start=0.0, step=1.0))
+    log.add(ev.DEPLOY, "iris", "1")
+    log.flush()
+    store.down = True
+    for i in range(3):
+        log.add(ev.SWITCH, "iris", str(i))
+    with pytest.raises(ConnectionError):
+        log.flush()
+    assert log.pending == 3
+    assert log.failing is not None and "unreachable" in log.failing
+    with pytest.raises(AuditUnavailable, match="3 events wait"):
+        log.list()  # never "no events"
+    log.add(ev.RETIRE, "iris", "0")
+    store.down = False
+    assert log.flush() == 4
+    assert log.failing is None and log.pending == 0 and log.dropped == 0
+    assert [(e.seq, e.kind, e.version) for e in log.list()] == [
+        (1, "deploy", "1"), (2, "switch", "0"), (3, "switch", "1"), (4, "switch", "2"),
+        (5, "retire", "0"),
+    ]  # fmt: skip
+
+
+def test_past_max_pending_the_oldest_are_dropped_counted_and_told_in_the_trail() -> None:
+    store = Flaky()
+    log = EventLog(store, clock=FakeClock(start=0.0, step=1.0), max_pending=3)
+    store.down = True
     for i in range(7):
         log.add(ev.DEPLOY, "iris", str(i))
+    with pytest.raises(ConnectionError):
+        log.flush()  # a failed write keeps the count to tell
+    assert (log.pending, log.dropped) == (3, 4)
+    store.down = False
+    log.flush()
+    trail = log.list()
+    assert trail[0].kind == ev.AUDIT and "4 events were dropped" in trail[0].message
+    assert [e.version for e in trail[1:]] == ["4", "5", "6"]
+    assert [e.seq for e in trail] == [1, 2, 3, 4]
+    log.add(ev.SWITCH, "iris")
+    assert [e.kind for e in log.list(since=4)] == [ev.SWITCH]  # told once
 
-    kept = log.list()
-    assert [e.seq for e in kept] == [5, 6, 7]
-    assert [e.version for e in kept] == ["4", "5", "6"]
-    assert [e.time for e in kept] == [4.0, 5.0, 6.0]
-    assert log.add(ev.SWITCH, "iris").seq == 8
-    assert [e.seq for e in log.list()] == [6, 7, 8]
-    assert [e.seq for e in log.list(since=1)] == [6, 7, 8]
+
+def test_who_acted_defaults_by_kind() -> None:
+    assert ev.default_actor(ev.SWITCH) == ev.ACTOR_REGISTRY
+    assert ev.default_actor(ev.DEPLOY) == ev.ACTOR_REGISTRY
+    assert ev.default_actor(ev.ROLLBACK) == ev.ACTOR_MODELLANE  # a gate's, unless a key's
+    assert ev.default_actor(ev.ERROR) == ev.ACTOR_MODELLANE
+
+
+def test_retention_deletes_old_events_but_never_reuses_their_seqs() -> None:
+    log = EventLog(clock=FakeClock(start=0.0, step=10.0))
+    for _ in range(4):
+        log.add(ev.DEPLOY, "iris")
+    log.flush()
+    assert log.store.prune(before=15.0) == 2
+    log.add(ev.SWITCH, "iris")
+    assert [e.seq for e in log.list()] == [3, 4, 5]
 
 
 def test_events_dump_to_plain_dicts_for_the_admin_api() -> None:
     log = EventLog(clock=lambda: 12.5)
-    dumped = log.add(ev.FAILURE, "iris", "4", "validation failed").model_dump()
-    assert dumped == {
+    log.add(ev.FAILURE, "iris", "4", "validation failed")
+    assert log.list()[0].model_dump() == {
         "seq": 1,
         "time": 12.5,
         "kind": "failure",
         "model": "iris",
         "version": "4",
+        "actor": "modellane",
         "message": "validation failed",
     }

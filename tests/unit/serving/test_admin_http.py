@@ -50,7 +50,7 @@ class FakeControl:
             return ModelNotFound(f"model {name!r} is not served here", model=name).body()
         return self.statuses[name]
 
-    async def rollback(self, name: str) -> dict[str, Any]:
+    async def rollback(self, name: str, actor: str | None = None) -> dict[str, Any]:
         self.calls.append(("rollback", name))
         if name not in self.statuses:
             return ModelNotFound(f"model {name!r} is not served here", model=name).body()
@@ -65,7 +65,7 @@ class FakeControl:
             status=ModelStatus(**status_of(name, "2")),
         ).model_dump()
 
-    async def promote(self, name: str, version: str) -> dict[str, Any]:
+    async def promote(self, name: str, version: str, actor: str | None = None) -> dict[str, Any]:
         self.calls.append(("promote", name, version))
         if name not in self.statuses:
             return ModelNotFound(f"model {name!r} is not served here", model=name).body()
@@ -87,7 +87,9 @@ class FakeControl:
     async def reload(self) -> None:
         self.calls.append(("reload",))
 
-    async def set_traffic(self, name: str, challenger: float) -> dict[str, Any]:
+    async def set_traffic(
+        self, name: str, challenger: float, actor: str | None = None
+    ) -> dict[str, Any]:
         self.calls.append(("set_traffic", name, challenger))
         if name not in self.statuses:
             return ModelNotFound(f"model {name!r} is not served here", model=name).body()
@@ -113,7 +115,9 @@ class FakeControl:
             return self.feedback_answer
         return {"accepted": len(entries), "duplicates": 0, "unknown": 0}
 
-    async def rollout_action(self, name: str, action: str) -> dict[str, Any]:
+    async def rollout_action(
+        self, name: str, action: str, actor: str | None = None
+    ) -> dict[str, Any]:
         self.calls.append(("rollout_action", name, action))
         if name not in self.statuses:
             return ModelNotFound(f"model {name!r} is not served here", model=name).body()
