@@ -26,11 +26,13 @@ from app.quality.records import PredictionRecord
 from app.security.auth import Authenticator, KeyStore
 from app.security.ratelimit import LeaseFn, RateLimiter
 from app.serving.dataplane import DataPlane
+from app.serving.grpc_service import InferenceService
 from app.serving.http import create_api
 from app.serving.http_jobs import add_job_routes
 from app.serving.observe import RequestRecord
 from app.settings import AppArgs, ModelDeploymentConfig
 from deployments.backends import HandleBackend
+from deployments.grpc_ingress import GrpcInference
 from deployments.jobs_port import RayJobs
 from deployments.log_flush import start_log_flusher
 from deployments.metrics import gateway_metrics, log_metrics, serving_errors, status_class
@@ -105,7 +107,7 @@ class WatcherControl:
     max_surge_percent=100,
 )
 @serve.ingress()
-class Gateway:
+class Gateway(GrpcInference):
     async def __init__(  # type: ignore[misc]
         self,
         watcher: DeploymentHandle,
@@ -126,6 +128,17 @@ class Gateway:
         self._limiter = RateLimiter(_lease_over(limiter)) if limiter is not None else None
         self._replica = serve.get_replica_context().replica_id.unique_id
         self.dataplane = DataPlane(backend_for=HandleBackend.for_target)
+        # The Open Inference Protocol over gRPC (Ray Serve's gRPC proxy calls the methods of
+        # GrpcInference): the same data plane, keys, limits and observer as HTTP.
+        self.grpc_service = InferenceService(
+            self.dataplane,
+            limits=self._args.limits,
+            max_message_bytes=self._args.max_body_bytes,
+            routing_key_header=self._args.routing_key_header,
+            authenticator=self._authenticator,
+            limiter=self._limiter,
+            observer=self._observe,
+        )
         #: operation -> how many of the app/ parts' failures are counted in Ray so far
         self._exported: dict[str, int] = {}
         # Take the first table before this replica reports healthy, so that a replica

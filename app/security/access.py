@@ -7,16 +7,42 @@ The key's name (never the key) goes into the request's state for the access log.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.security.auth import WWW_AUTHENTICATE, Authenticator
+from app.security.auth import WWW_AUTHENTICATE, Authenticator, Principal
 from app.security.ratelimit import RateLimiter
 from app.serving.errors import ModellaneError, TooManyRequests, Unauthorized
 from app.serving.guard import send_error
 
 #: ``scope["state"]`` key holding the name of the API key a request came with.
 STATE_KEY_NAME = "modellane_key"
+
+
+async def authorize(
+    authenticator: Authenticator,
+    limiter: RateLimiter | None,
+    path: str,
+    headers: Mapping[str, str],
+) -> Principal:
+    """Who a request to ``path`` (or the HTTP path a gRPC call stands for) is, once its key
+    and scope are checked and its rate limit has admitted it.
+
+    Raises:
+        Unauthorized: no key where one is needed, or an unknown one (401).
+        Forbidden: the key lacks the scope (403).
+        TooManyRequests: over the key's rate limit (429).
+    """
+    principal = authenticator.check(path, headers)
+    if (
+        limiter is not None
+        and principal.key_name is not None
+        and principal.rate_per_s is not None
+        and principal.burst is not None
+    ):
+        await limiter.admit(principal.key_name, principal.rate_per_s, principal.burst)
+    return principal
 
 
 class AccessControl:
@@ -37,14 +63,9 @@ class AccessControl:
             k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
         }
         try:
-            principal = self.authenticator.check(scope.get("path", ""), headers)
-            if (
-                self.limiter is not None
-                and principal.key_name is not None
-                and principal.rate_per_s is not None
-                and principal.burst is not None
-            ):
-                await self.limiter.admit(principal.key_name, principal.rate_per_s, principal.burst)
+            principal = await authorize(
+                self.authenticator, self.limiter, scope.get("path", ""), headers
+            )
         except Unauthorized as exc:
             await send_error(scope, send, exc, [("WWW-Authenticate", WWW_AUTHENTICATE)])
             return
@@ -60,4 +81,4 @@ class AccessControl:
         await self.app(scope, receive, send)
 
 
-__all__ = ["STATE_KEY_NAME", "AccessControl"]
+__all__ = ["STATE_KEY_NAME", "AccessControl", "authorize"]

@@ -18,11 +18,9 @@ from pydantic import BaseModel, Field
 
 from app import constants
 from app.control.routing import Target
-from app.schemas import PredictResponse
-from app.serving import oip, oip_binary
+from app.serving import oip, oip_binary, oip_calls
 from app.serving.dataplane import DataPlane
 from app.serving.errors import error_body, oip_error_body
-from app.serving.guard import check_batch
 from app.settings import LimitSettings
 
 
@@ -71,11 +69,7 @@ def add_oip_routes(
         tags=["v2"],
     )
     async def server_metadata() -> oip.ServerMetadata:
-        return oip.ServerMetadata(
-            name=constants.SERVER_NAME,
-            version=constants.SERVER_VERSION,
-            extensions=["binary_tensor_data"],
-        )
+        return oip_calls.server_metadata(["binary_tensor_data"])
 
     @api.get("/v2/health/live", responses=_COMMON, summary="The server is alive", tags=["v2"])
     async def live() -> dict[str, bool]:
@@ -95,16 +89,6 @@ def add_oip_routes(
             return JSONResponse(body, 503)
         return {"ready": True}
 
-    async def model_metadata(name: str, version: str | None) -> oip.ModelMetadata:
-        meta = await dataplane.metadata(name, version)
-        return oip.ModelMetadata(
-            name=name,
-            versions=[version] if version else dataplane.routable_versions(name),
-            platform=str(meta.get("platform", "mlflow")),
-            inputs=oip.input_metadata(meta["inputs"]),
-            outputs=oip.output_metadata(meta.get("example_output") or []),
-        )
-
     @api.get(
         "/v2/models/{name}",
         response_model=oip.ModelMetadata,
@@ -113,7 +97,7 @@ def add_oip_routes(
         tags=["v2"],
     )
     async def metadata(name: str) -> oip.ModelMetadata:
-        return await model_metadata(name, None)
+        return await oip_calls.model_metadata(dataplane, name, None)
 
     @api.get(
         "/v2/models/{name}/versions/{version}",
@@ -123,7 +107,7 @@ def add_oip_routes(
         tags=["v2"],
     )
     async def version_metadata(name: str, version: str) -> oip.ModelMetadata:
-        return await model_metadata(name, version)
+        return await oip_calls.model_metadata(dataplane, name, version)
 
     @api.get(
         "/v2/models/{name}/ready",
@@ -153,14 +137,15 @@ def add_oip_routes(
         tags=["v2"],
     )
     async def infer(name: str, body: oip.InferenceRequest, http: Request) -> Response:
-        columns = _columns(body, limits)
-        result, target = await dataplane.predict(
+        response, target = await oip_calls.infer(
+            dataplane,
+            limits,
             name,
-            columns,
+            body,
             routing_key=http.headers.get(routing_key_header),
             forced_version=http.headers.get(constants.HEADER_MODEL_VERSION),
         )
-        return _answer(body, result, target)
+        return _answer(body, response, target)
 
     @api.post(
         "/v2/models/{name}/versions/{version}/infer",
@@ -172,23 +157,14 @@ def add_oip_routes(
     async def infer_version(
         name: str, version: str, body: oip.InferenceRequest, http: Request
     ) -> Response:
-        columns = _columns(body, limits)
-        result, target = await dataplane.predict_version(name, version, columns)
-        return _answer(body, result, target)
+        response, target = await oip_calls.infer(dataplane, limits, name, body, version=version)
+        return _answer(body, response, target)
 
 
-def _columns(body: oip.InferenceRequest, limits: LimitSettings) -> dict[str, list[Any]]:
-    columns = oip.tensors_to_columns(body)
-    check_batch(len(next(iter(columns.values()), [])), limits.max_batch_items)
-    return columns
-
-
-def _answer(body: oip.InferenceRequest, result: PredictResponse, target: Target) -> Response:
-    outputs = oip.outputs_to_tensors(result.outputs, body.outputs)
-    response = oip.InferenceResponse(
-        model_name=target.model, model_version=target.version, id=body.id, outputs=outputs
-    )
-    binary = oip_binary.wanted_binary_outputs(body, [o.name for o in outputs])
+def _answer(
+    body: oip.InferenceRequest, response: oip.InferenceResponse, target: Target
+) -> Response:
+    binary = oip_binary.wanted_binary_outputs(body, [o.name for o in response.outputs])
     payload, header_length = oip_binary.encode_response(response, binary)
     headers = {
         constants.HEADER_MODEL_VERSION: target.version,

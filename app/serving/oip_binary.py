@@ -82,7 +82,7 @@ def decode_binary_body(body: bytes, header_length: int) -> dict[str, Any]:
                 "an input with binary_data_size must not also have data", field=f"{where}.data"
             )
         datatype = check_datatype(item.get("datatype"), f"{where}.datatype")
-        count = _element_count(item.get("shape"), f"{where}.shape")
+        count = element_count(item.get("shape"), f"{where}.shape")
         if offset + size > len(body):
             raise InvalidInput(
                 f"binary_data_size {size} runs past the end of the body: "
@@ -91,7 +91,7 @@ def decode_binary_body(body: bytes, header_length: int) -> dict[str, Any]:
             )
         raw = body[offset : offset + size]
         offset += size
-        values = _decode_tensor(raw, datatype, count, f"{where}.data")
+        values = decode_tensor(raw, datatype, count, f"{where}.data")
         new_item = dict(item)
         rest = {k: v for k, v in params.items() if k != "binary_data_size"}
         if rest:
@@ -106,7 +106,8 @@ def decode_binary_body(body: bytes, header_length: int) -> dict[str, Any]:
     return {**header, "inputs": decoded}
 
 
-def _element_count(shape: Any, field: str) -> int:
+def element_count(shape: Any, field: str) -> int:
+    """The number of elements a tensor of ``shape`` holds (its dimensions checked)."""
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
@@ -114,7 +115,9 @@ def _element_count(shape: Any, field: str) -> int:
     return math.prod(shape)
 
 
-def _decode_tensor(raw: bytes, datatype: str, count: int, field: str) -> list[Any]:
+def decode_tensor(raw: bytes, datatype: str, count: int, field: str) -> list[Any]:
+    """``count`` elements of ``datatype`` from raw little-endian bytes (BYTES: each with a
+    4-byte length prefix), as a flat list; also what gRPC's ``raw_input_contents`` holds."""
     if datatype == "BYTES":
         values = _decode_bytes(raw, field)
         if len(values) != count:
@@ -203,7 +206,7 @@ def encode_response(response: InferenceResponse, binary: set[str]) -> tuple[byte
     for out in response.outputs:
         item = out.model_dump(exclude_none=True, exclude={"data"})
         if out.name in binary:
-            blob = _encode_tensor(out)
+            blob = encode_tensor(out)
             item["parameters"] = {**(out.parameters or {}), "binary_data_size": len(blob)}
             blobs.append(blob)
         elif out.data is not None:
@@ -224,7 +227,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _encode_tensor(out: ResponseOutput) -> bytes:
+def encode_tensor(out: ResponseOutput) -> bytes:
+    """An output tensor as raw little-endian bytes (the binary extension, gRPC's
+    ``raw_output_contents``)."""
     values = flatten(out.data or [])
     if out.datatype == "BYTES":
         parts: list[bytes] = []
