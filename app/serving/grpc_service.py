@@ -29,7 +29,7 @@ from app.serving import grpc_v2, oip_calls
 from app.serving.dataplane import ANSWERED, Answered, DataPlane
 from app.serving.errors import ModellaneError, ModelUnavailable, PayloadTooLarge
 from app.serving.grpc import grpc_predict_v2_pb2 as pb
-from app.serving.observe import OBSERVER_FAILED, Observer, RequestRecord
+from app.serving.observe import Observer, hand_over
 from app.settings import LimitSettings
 
 logger = logging.getLogger("modellane.grpc")
@@ -190,23 +190,18 @@ class InferenceService:
         if self._observer is None:
             return
         trailing = dict(reply.trailing)
-        record = RequestRecord(
+        hand_over(
+            self._observer,
+            self._dataplane.failures,
+            note,
             model=request.model_name or "-",
             version=trailing.get(constants.HEADER_MODEL_VERSION.lower()),
             role=trailing.get(constants.HEADER_MODEL_ROLE.lower()),
             status=status,
-            latency_s=time.perf_counter() - started,
+            started=started,
             request_id=request_id,
             key_name=principal.key_name,
-            inputs=note.inputs,
-            outputs=note.outputs,
-            routing_key=note.routing_key,
         )
-        try:
-            self._observer(record)
-        except Exception:  # observing must never break serving
-            logger.exception("request observer failed")
-            self._dataplane.failures[OBSERVER_FAILED] += 1
 
 
 def _trailing(target: Target | None) -> list[tuple[str, str]]:

@@ -126,23 +126,53 @@ class ObservePredictions:
         headers = seen["headers"]
         state = scope["state"]
         model = (match.group(1) or match.group(2)) if match else state.get(STATE_MODEL)
-        record = RequestRecord(
+        hand_over(
+            self.observer,
+            self.failures,
+            note,
             model=model or "",
             version=headers.get(constants.HEADER_MODEL_VERSION.lower()),
             role=headers.get(constants.HEADER_MODEL_ROLE.lower()),
             status=int(seen["status"]),
-            latency_s=time.perf_counter() - started,
+            started=started,
             request_id=request_headers.get("x-request-id"),
             key_name=state.get(STATE_KEY_NAME),
-            inputs=note.inputs,
-            outputs=note.outputs,
-            routing_key=note.routing_key,
         )
-        try:
-            self.observer(record)
-        except Exception:  # observing must never break serving
-            logger.exception("request observer failed")
-            self.failures[OBSERVER_FAILED] += 1
+
+
+def hand_over(
+    observer: Observer,
+    failures: Counter[str],
+    note: Answered,
+    *,
+    model: str,
+    version: str | None,
+    role: str | None,
+    status: int,
+    started: float,
+    request_id: str | None,
+    key_name: str | None,
+) -> None:
+    """Give a prediction request's record (with what ``note`` holds of its inputs and
+    outputs) to ``observer``, over HTTP or gRPC; an observer that raises is logged and
+    counted in ``failures``, and the answer stands."""
+    record = RequestRecord(
+        model=model,
+        version=version,
+        role=role,
+        status=status,
+        latency_s=time.perf_counter() - started,
+        request_id=request_id,
+        key_name=key_name,
+        inputs=note.inputs,
+        outputs=note.outputs,
+        routing_key=note.routing_key,
+    )
+    try:
+        observer(record)
+    except Exception:  # observing must never break serving
+        logger.exception("request observer failed")
+        failures[OBSERVER_FAILED] += 1
 
 
 def _route(match: re.Match[str] | None) -> str:
