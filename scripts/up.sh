@@ -65,6 +65,9 @@ export MODELLANE_API_KEYS
 # The inference log and labels (Parquet), unless serve_config.yaml names another place.
 export MODELLANE_INFERENCE_LOG_URI="${MODELLANE_INFERENCE_LOG_URI:-$ROOT/$RUN/inference_log}"
 export MODELLANE_PREDICT_AUTH="${MODELLANE_PREDICT_AUTH:-off}"
+# The audit trail (GET /admin/events): a SQLite file next to the MLflow store, unless
+# serve_config.yaml names a database (audit.db_uri; docs/audit.md).
+export MODELLANE_AUDIT_DB_URI="${MODELLANE_AUDIT_DB_URI:-sqlite:///$ROOT/mlflow/audit.db}"
 if alive "$RUN/ray.pid" || ray status --address "127.0.0.1:$RAY_GCS_PORT" >/dev/null 2>&1; then
   echo "[up] Ray head already running"
 else
@@ -96,6 +99,7 @@ modellane is up.
   Ray dashboard  http://127.0.0.1:$DASHBOARD_PORT   (token: ray get-auth-token)
   admin API key  in $RUN/admin.key   (curl -H "Authorization: Bearer \$(cat $RUN/admin.key)" ...)
   MLflow UI      http://127.0.0.1:$MLFLOW_PORT
+  audit trail    $MODELLANE_AUDIT_DB_URI   (modellane events; docs/audit.md)
   inference log  $MODELLANE_INFERENCE_LOG_URI   (modellane log sql "select ..."; docs/inference-log.md)
 For the CLIs (serve status, ray, mlflow): source scripts/env.sh
 Stop everything: scripts/down.sh

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: key that may only run batch jobs.
 ADMIN_KEY, PREDICT_KEY, LIMITED_KEY = generate_key(), generate_key(), generate_key()
 BATCH_KEY = generate_key()
+APPROVE_KEY = generate_key()  # the "lead" key: the approve scope only
 LIMITED_RATE_PER_S, LIMITED_BURST = 2.0, 4
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 PREDICT_HEADERS = {"Authorization": f"Bearer {PREDICT_KEY}"}

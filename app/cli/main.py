@@ -15,6 +15,7 @@ import typer
 from rich.text import Text
 
 from app import constants
+from app.cli.approve import approve
 from app.cli.batch import batch_cli
 from app.cli.client import (
     ENV_API_KEY,
@@ -414,6 +415,7 @@ def rollout_abort(ctx: typer.Context, model: Model, json_out: JsonFlag = False) 
 
 
 cli.command()(register)
+cli.command()(approve)
 
 
 def main() -> None:

@@ -235,12 +235,13 @@ def model_view(status: dict[str, Any], drift: dict[str, Any] | None) -> Panel:
 
 
 def events_table(events: list[dict[str, Any]]) -> Table:
-    """Events as a table: seq, time, model, version, kind, message."""
+    """Events as a table: seq, time, model, version, kind, who acted, message."""
     table = Table()
-    for column in ("seq", "time", "model", "version", "kind", "message"):
+    for column in ("seq", "time", "model", "version", "kind", "by", "message"):
         table.add_column(column, overflow="fold")
     for event in events:
-        table.add_row(*event_cells(event))
+        seq, at, model, version, kind, message = event_cells(event)
+        table.add_row(seq, at, model, version, kind, str(event.get("actor") or "-"), message)
     return table
 
 
@@ -261,5 +262,7 @@ def event_line(event: dict[str, Any]) -> Text:
     seq, at, model, version, kind, message = event_cells(event)
     line = Text(f"{seq:>5} {at} {model} v{version} ")
     line.append(kind)
+    if event.get("actor"):
+        line.append(f" by {event['actor']}")
     line.append(f"  {message}")
     return line

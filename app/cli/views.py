@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from app.cli.client import EXIT_REFUSED, EXIT_UNREACHABLE, CliError
-from app.cli.common import Interval, JsonFlag, out, print_json, reports_errors, settings_of
+from app.cli.common import Interval, JsonFlag, err, out, print_json, reports_errors, settings_of
 from app.cli.render import event_line, events_table, model_view
 
 
@@ -47,6 +47,10 @@ def status(
         out.print("the gateway serves no models")
     for view in views:
         out.print(model_view(view, view["drift"]))
+
+
+#: How long ``events --follow`` keeps trying through 5xx answers and an unreachable gateway.
+_PATIENCE_S = 180.0
 
 
 @reports_errors
@@ -95,18 +99,25 @@ def events(
 
     show(found)
     started = time.monotonic()
-    errors = 0
+    failing_since: float | None = None
     try:
         while max_s is None or time.monotonic() - started < max_s:
             time.sleep(interval if max_s is None else max(0.0, min(interval, max_s)))
             try:
                 batch = gateway.events(model, since=last, limit=2000)
-                errors = 0
             except CliError as exc:
-                errors += 1
-                if exc.exit_code != EXIT_UNREACHABLE or errors >= 5:
+                # A watcher being replaced, or the audit store down, answers 5xx a while; the
+                # trail's seqs are durable, so following on from ``last`` later loses nothing.
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = now
+                    err.print(f"{exc.message}; still following (from seq {last})")
+                if exc.exit_code != EXIT_UNREACHABLE or now - failing_since > _PATIENCE_S:
                     raise
                 continue
+            if failing_since is not None:
+                failing_since = None
+                err.print(f"the gateway answers again; following from seq {last}")
             if batch:
                 last = int(batch[-1]["seq"])
                 show(batch)

@@ -131,8 +131,9 @@ def build(
 
 
 def _alerts(args: AppArgs, memory: ControlMemory, post: PostJson, smtp: SmtpFactory) -> Alerts:
-    """Every alert to ``alerts.webhook_url`` and ``alerts.email``; drift alerts to
-    ``drift.webhook_url`` as well (where it is another URL)."""
+    """Every alert to ``alerts.webhook_url`` and ``alerts.email``; drift alerts, and
+    champions blocked for want of an approval, to ``drift.webhook_url`` as well (where it is
+    another URL)."""
     settings = args.alerts
     sinks: list[Sink] = []
     if settings.webhook_url:
@@ -144,5 +145,5 @@ def _alerts(args: AppArgs, memory: ControlMemory, post: PostJson, smtp: SmtpFact
         drift_only.append(WebhookSink(str(args.drift.webhook_url), post))
     return Alerts(
         settings, sinks, memory.clock.time, memory.metrics, memory.note_error,
-        kind_sinks={"drift": drift_only},
+        kind_sinks={"drift": drift_only, "blocked_promotion": drift_only},
     )  # fmt: skip

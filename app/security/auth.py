@@ -5,8 +5,9 @@
   JSON list in ``$MODELLANE_API_KEYS``), so a leaked config file or environment leaks no key.
 - Scopes: ``predict`` (the data plane), ``feedback`` (labels only: ``POST
   /v1/models/{name}/feedback``, for a labelling service that must not predict), ``batch``
-  (batch jobs: ``/admin/jobs...``) and ``admin`` (``/admin/...``); a predict key may also
-  send feedback, an admin key anything.
+  (batch jobs: ``/admin/jobs...``), ``approve`` (approvals only: ``POST /admin/models/
+  {name}/versions/{version}/approve``) and ``admin`` (``/admin/...``); a predict key may
+  also send feedback, an admin key anything.
 - Paths fall in four classes: public (health and API docs: never a key, so probes never
   fail on auth), admin (always an admin key, whatever the settings say), feedback, and
   predict (everything else); feedback and predict need a key unless
@@ -39,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from app.security.paths import classify
 from app.serving.errors import Forbidden, Unauthorized
 
-Scope = Literal["predict", "feedback", "batch", "admin"]
+Scope = Literal["predict", "feedback", "batch", "approve", "admin"]
 
 ENV_API_KEYS = "MODELLANE_API_KEYS"
 ENV_PREDICT_AUTH = "MODELLANE_PREDICT_AUTH"
@@ -363,8 +364,8 @@ class Authenticator:
         if presented is None:
             if needed == "admin":
                 raise Unauthorized(f"an admin API key is required {_HOW_TO_SEND}")
-            if needed == "batch":
-                raise Unauthorized(f"a batch (or admin) API key is required {_HOW_TO_SEND}")
+            if needed in ("batch", "approve"):
+                raise Unauthorized(f"a {needed} (or admin) API key is required {_HOW_TO_SEND}")
             if self.settings.predict_requires_key:
                 raise Unauthorized(f"an API key is required {_HOW_TO_SEND}")
             return ANONYMOUS
@@ -413,7 +414,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     new.add_argument("--name", required=True, help="who holds the key")
     new.add_argument(
-        "--scopes", default="predict", help="comma-separated: predict, feedback, batch, admin"
+        "--scopes",
+        default="predict",
+        help="comma-separated: predict, feedback, batch, approve, admin",
     )
     new.add_argument("--rate-per-s", type=float, default=None, help="requests per second")
     new.add_argument("--burst", type=int, default=None, help="requests at once above the rate")

@@ -1,5 +1,6 @@
 """Which class of endpoint a request path is, and so which key it needs: public (probes,
-API docs, the console's page), batch (``/admin/jobs``), admin, feedback, or predict
+API docs, the console's page), batch (``/admin/jobs``), approve (``/admin/models/{name}/
+versions/{version}/approve``), admin, feedback, or predict
 (everything else)."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-PathClass = Literal["public", "predict", "feedback", "batch", "admin"]
+PathClass = Literal["public", "predict", "feedback", "batch", "approve", "admin"]
 
 #: Paths that never need a key: probes and API docs.
 PUBLIC_PATHS = frozenset(
@@ -28,6 +29,7 @@ JOBS_PREFIX = "/admin/jobs"
 
 
 _FEEDBACK_PATH = re.compile(r"/v1/models/[^/]+/feedback")
+_APPROVE_PATH = re.compile(r"/admin/models/[^/]+/versions/[^/]+/approve")
 
 
 def classify(path: str) -> PathClass:
@@ -36,6 +38,8 @@ def classify(path: str) -> PathClass:
         return "public"  # the console's page and scripts; its data needs the admin key
     if path == JOBS_PREFIX or path.startswith(JOBS_PREFIX + "/"):
         return "batch"  # an admin key, or one that may run batch jobs only
+    if _APPROVE_PATH.fullmatch(path):
+        return "approve"  # an admin key, or one that may approve versions only
     if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
         return "admin"
     if _FEEDBACK_PATH.fullmatch(path):

@@ -39,6 +39,7 @@ from app.security.auth import hash_key
 from tests.helpers import (
     ADMIN_HEADERS,
     ADMIN_KEY,
+    APPROVE_KEY,
     BATCH_KEY,
     LIMITED_BURST,
     LIMITED_KEY,
@@ -58,7 +59,7 @@ IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 #: Models the test gateway serves besides the demo ones, with small replicas.
 TEST_MODELS = (
     "failing", "stageonly", "swapper", "broken", "abtest", "shadowed", "canary", "drifty",
-    "sturdy", "graded", "coldstart",
+    "sturdy", "graded", "coldstart", "gated",
 )  # fmt: skip
 DEMO_MODELS = ("iris", "minilm", "sentiment")
 #: Every model the test gateway serves.
@@ -97,6 +98,8 @@ TEST_MODEL_SETTINGS: dict[str, dict[str, Any]] = {
     # coldstart: iris v2 again; idle, at zero replicas, and a cold start (about 10 s) longer
     # than 3 s gets 503 with Retry-After (test_discovery).
     "coldstart": {"idle_to_zero_s": 5, "cold_start_timeout_s": 3.0},
+    # gated: a new champion serves only once approved (test_audit).
+    "gated": {"require_approval": True},
     "canary": {
         "rollout": {
             "steps": [20, 50, 100],
@@ -230,7 +233,7 @@ def _register_test_models(uri: str) -> None:
             )
 
     for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty", "sturdy",
-                 "graded", "coldstart"):  # fmt: skip
+                 "graded", "coldstart", "gated"):  # fmt: skip
         client.create_registered_model(name)
     # drifty: iris v2 again; its run holds the training data's drift baseline.
     copy("drifty", iris)
@@ -257,8 +260,12 @@ def _register_test_models(uri: str) -> None:
     # graded: v1 weak, v2 strong (they disagree on about half the rows).
     copy("graded", weak)
     copy("graded", iris)
+    # gated: v1 weak (approved at registration: the first champion needs one too), v2 iris.
+    copy("gated", weak)
+    copy("gated", iris)
+    client.set_model_version_tag("gated", "1", "modellane.approved_by", "setup")
     for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty", "sturdy",
-                 "graded", "coldstart"):  # fmt: skip
+                 "graded", "coldstart", "gated"):  # fmt: skip
         client.set_registered_model_alias(name, "champion", "1")
 
 
@@ -371,6 +378,7 @@ def control_config(tracking_uri: str, http_port: int, **changes: Any) -> dict[st
             {"name": "ops", "sha256": hash_key(ADMIN_KEY), "scopes": ["admin"]},
             {"name": "app", "sha256": hash_key(PREDICT_KEY), "scopes": ["predict"]},
             {"name": "batch-runner", "sha256": hash_key(BATCH_KEY), "scopes": ["batch"]},
+            {"name": "lead", "sha256": hash_key(APPROVE_KEY), "scopes": ["approve"]},
             {
                 "name": "limited",
                 "sha256": hash_key(LIMITED_KEY),
@@ -462,9 +470,12 @@ def stack_config(
     """The config the test stack runs: a test that applies another one applies this one
     again before it ends (``apply_config``)."""
     port = int(serve_http.rsplit(":", 1)[1])
+    # The audit trail in a SQLite file, as scripts/up.sh keeps it (next to the log here).
+    audit = {"db_uri": f"sqlite:///{inference_log_dir.parent / 'audit.db'}"}
     return control_config(
         registry, port, drift=drift_settings(webhook.url),
-        alerts=receivers.alert_settings(serve_http), **quality_settings(inference_log_dir),
+        alerts=receivers.alert_settings(serve_http), audit=audit,
+        **quality_settings(inference_log_dir),
     )  # fmt: skip
 
 

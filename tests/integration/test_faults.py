@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from app import constants
 from tests.helpers import PREDICT_HEADERS, throttled, wait_for
 from tests.integration.conftest import IRIS_COLUMNS
 from tests.integration.roles import Roles
+from tests.integration.test_cli import Cli
 from tests.load import Load, LoadResult
 
 pytestmark = pytest.mark.integration
@@ -48,6 +50,35 @@ def running_replicas(app: str, deployment: str) -> list[dict[str, Any]]:
 def kill_replica(replica: dict[str, Any]) -> None:
     """SIGKILL the replica's process: no clean shutdown, as a crash or the OOM killer."""
     os.kill(int(replica["pid"]), signal.SIGKILL)
+
+
+class Follower:
+    """``modellane events --follow --json`` in the background, its events collected."""
+
+    def __init__(self, cli: Cli, since: int) -> None:
+        self._proc = cli.popen("events", "--follow", "--json", "--since", str(since),
+                               "--interval", "0.5")  # fmt: skip
+        self.events: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.events.append(json.loads(line))
+
+    def wait_for_seq(self, seq: int, timeout_s: float) -> list[dict[str, Any]]:
+        """Every event printed once one with ``seq`` (or later) was; then stop following."""
+        try:
+            wait_for(
+                lambda: any(e["seq"] >= seq for e in self.events),
+                timeout_s,
+                f"modellane events --follow to print seq {seq}",
+            )
+            return list(self.events)
+        finally:
+            self._proc.terminate()
+            self._proc.wait(timeout=30)
 
 
 def record(name: str, result: LoadResult, recovery_s: float, **extra: Any) -> dict[str, Any]:
@@ -169,12 +200,18 @@ def test_gateway_replica_killed_under_load_loses_no_request_that_the_client_retr
 
 
 def test_watcher_killed_is_restarted_adopts_what_runs_and_no_request_fails(
-    gateway: str, client: httpx.Client, roles: Roles
+    gateway: str, client: httpx.Client, roles: Roles, registry: str, tmp_path: Path
 ) -> None:
     """The RegistryWatcher's process is killed under load. Serve restarts it; it rebuilds its
     state from the registry and the running applications (adopting them: no model replica
-    is replaced), and the gateways go on routing from the table they hold meanwhile."""
+    is replaced), and the gateways go on routing from the table they hold meanwhile.
+
+    The audit trail outlives it: the events before the kill are still there, the sequence
+    goes on above them, and ``modellane events --follow``, started before the kill, prints
+    the restarted watcher's events."""
     roles.set("sturdy", champion="1", challenger=None, shadow=None)
+    last_before = int(client.get("/admin/events", params={"limit": 1}).json()[-1]["seq"])
+    follower = Follower(Cli(gateway, registry, tmp_path), last_before)
     app, deployment = constants.CONTROL_APP_NAME, constants.WATCHER_DEPLOYMENT
     (victim,) = wait_for(lambda: running_replicas(app, deployment), 60, "the watcher")
     model_app = constants.version_app_name("sturdy", "1")
@@ -214,6 +251,16 @@ def test_watcher_killed_is_restarted_adopts_what_runs_and_no_request_fails(
     events = client.get("/admin/events", params={"model": "sturdy", "limit": 200}).json()
     assert any(e["kind"] == "adopt" for e in events), events[-5:]
     assert not any(e["kind"] == "deploy" for e in events), "the restarted watcher redeployed"
+
+    trail = client.get("/admin/events", params={"since": last_before - 1}).json()
+    assert trail[0]["seq"] == last_before, "the events before the kill are gone"
+    seqs = [e["seq"] for e in trail]
+    assert seqs == sorted(set(seqs))
+    adopted = [e for e in trail if e["kind"] == "adopt" and e["model"] == "sturdy"]
+    assert adopted and adopted[-1]["seq"] > last_before  # numbered on, not from 1 again
+    printed = follower.wait_for_seq(adopted[-1]["seq"], timeout_s=120)
+    assert [e["seq"] for e in printed] == sorted({e["seq"] for e in printed})
+    assert all(e["seq"] > last_before for e in printed)
 
 
 def test_overload_is_shed_at_once_with_503_and_retry_after(gateway: str, roles: Roles) -> None:
