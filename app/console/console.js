@@ -348,6 +348,16 @@
                     onclick: () => act(name, "abort", `Abort the rollout of ${name} v${rollout.version}? Its weight drops to 0.`) },
         "Abort rollout"),
     ];
+    // A version the registry names champion that does not serve (require_approval, not yet
+    // approved), or a rollout waiting at its last step for an approval.
+    const held = (status.versions || []).find((v) => (v.aliases || []).includes("champion") &&
+                                                      v.version !== status.serving_version);
+    const awaiting = held ? held.version
+      : (rollout.reason || "").includes("waiting for an approval") ? rollout.version : null;
+    if (awaiting) {
+      buttons.push(h("button", { type: "button", testid: `approve-${name}`,
+        onclick: () => approve(name, awaiting) }, `Approve v${awaiting}`));
+    }
     const challenger = status.challenger;
     if (challenger && state.promoteApi) {
       buttons.push(h("button", { type: "button", testid: `promote-${name}`,
@@ -433,7 +443,8 @@
     state.eventsSig = sig;
     const rows = [...events].reverse().map((e) => h("tr", { testid: "event" },
       h("td", { class: "num" }, e.seq), h("td", {}, clock(e.time)), h("td", {}, e.model || "-"),
-      h("td", {}, e.version ? `v${e.version}` : "-"), h("td", {}, e.kind), h("td", {}, e.message)));
+      h("td", {}, e.version ? `v${e.version}` : "-"), h("td", {}, e.kind), h("td", {}, e.actor || "-"),
+      h("td", {}, e.message)));
     $("events-body").replaceChildren(...rows);
     $("events-card").hidden = false;
   }
@@ -482,6 +493,22 @@
       show("error", `${err.message}; retrying every ${REFRESH_MS / 1000}s`);
     }
     state.timer = setTimeout(tick, REFRESH_MS);
+  }
+
+  async function approve(name, version) {
+    const note = window.prompt(`Approve ${name} v${version} to serve as champion. Note (kept with the approval):`, "");
+    if (note === null || state.busy) return;
+    state.busy = true;
+    try {
+      const answer = await api("POST", `/admin/models/${enc(name)}/versions/${enc(version)}/approve`, { note });
+      show("notice", `${name}: v${version} approved by ${answer.approved_by}`);
+    } catch (err) {
+      if (err instanceof AuthError) { state.busy = false; return askForKey(`The gateway refused the key: ${err.message}.`); }
+      show("notice", `${name}: approval failed: ${err.message}`, true);
+    } finally {
+      state.busy = false;
+    }
+    tick();
   }
 
   async function act(name, action, question, body) {

@@ -1,7 +1,8 @@
 """Approvals before production, end to end on the real stack: ``gated`` (require_approval)
 gets a new champion in MLflow without an approval; it gets no traffic, is tagged, told
 (event, webhook alert) and approved with the ``modellane approve`` CLI by a key with the
-``approve`` scope; then it serves. Who acted is in the audit trail.
+``approve`` scope, or with the console's button; then it serves. Who acted is in the
+audit trail.
 
 The audit trail surviving a killed watcher is checked in test_faults (the watcher-kill
 test, which ``modellane events --follow`` watches through the restart)."""
@@ -16,10 +17,11 @@ import pytest
 from mlflow import MlflowClient
 
 from app.control import approvals
-from tests.helpers import APPROVE_KEY, PREDICT_HEADERS, wait_for
+from tests.helpers import ADMIN_KEY, APPROVE_KEY, PREDICT_HEADERS, wait_for
 from tests.integration.conftest import IRIS_COLUMNS, WebhookReceiver
 from tests.integration.roles import Roles
 from tests.integration.test_cli import Cli
+from tests.integration.test_console import browser, page  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +98,35 @@ def test_a_champion_without_approval_is_held_back_until_approved(
 
     again = client.post("/admin/models/gated/versions/2/approve", json={"note": "twice"})
     assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
+
+
+def test_the_console_approves_a_held_back_champion(
+    page: Any,  # noqa: F811  (test_console's fixture)
+    gateway: str,
+    client: httpx.Client,
+    registry: str,
+    roles: Roles,
+) -> None:
+    from playwright.sync_api import expect
+
+    roles.set("gated", champion="1", challenger=None, shadow=None)
+    mlflow = MlflowClient(registry)
+    mlflow.set_registered_model_alias("gated", "champion", "2")
+    client.post("/admin/reload")
+    wait_for(
+        lambda: approvals.TAG_BLOCKED in mlflow.get_model_version("gated", "2").tags,
+        60,
+        "v2 held back",
+    )
+    page.goto(f"{gateway}/console")
+    page.get_by_test_id("key-input").fill(ADMIN_KEY)
+    page.get_by_test_id("key-submit").click()
+    button = page.get_by_test_id("approve-gated")
+    expect(button).to_have_text("Approve v2", timeout=30_000)
+    page.once("dialog", lambda dialog: dialog.accept("looked at it in the console"))
+    button.click()
+    expect(page.get_by_test_id("notice")).to_contain_text("v2 approved by ops", timeout=30_000)
+    expect(page.get_by_test_id("serving-gated")).to_have_text("v2", timeout=120_000)
+    tags = mlflow.get_model_version("gated", "2").tags
+    assert tags[approvals.TAG_APPROVAL_NOTE] == "looked at it in the console"
+    expect(page.get_by_test_id("approve-gated")).to_have_count(0)
