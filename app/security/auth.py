@@ -364,8 +364,10 @@ class Authenticator:
         if presented is None:
             if needed == "admin":
                 raise Unauthorized(f"an admin API key is required {_HOW_TO_SEND}")
-            if needed in ("batch", "approve"):
-                raise Unauthorized(f"a {needed} (or admin) API key is required {_HOW_TO_SEND}")
+            if needed == "batch":
+                raise Unauthorized(f"a batch (or admin) API key is required {_HOW_TO_SEND}")
+            if needed == "approve":
+                raise Unauthorized(f"an approve (or admin) API key is required {_HOW_TO_SEND}")
             if self.settings.predict_requires_key:
                 raise Unauthorized(f"an API key is required {_HOW_TO_SEND}")
             return ANONYMOUS

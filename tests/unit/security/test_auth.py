@@ -386,6 +386,34 @@ def test_classify_admin(path: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("path", "needed"),
+    [
+        ("/admin/models/iris/versions/3/approve", "approve"),
+        ("/admin/models/iris/versions/3", "admin"),
+        ("/admin/models/iris/versions/3/approve/x", "admin"),
+    ],
+)
+def test_classify_approve_is_one_path_only(path: str, needed: str) -> None:
+    assert classify(path) == needed
+
+
+def test_an_approve_key_approves_and_reaches_nothing_else() -> None:
+    approver = "ml_approver-secret-0123456789"
+    auth = authenticator(
+        keys=[key("lead", approver, ["approve"]), key("ops", ADMIN_PLAIN, ["admin"])]
+    )
+    bearer = {"authorization": f"Bearer {approver}"}
+    path = "/admin/models/iris/versions/3/approve"
+    assert auth.check(path, bearer).key_name == "lead"
+    assert auth.check(path, {"authorization": f"Bearer {ADMIN_PLAIN}"}).key_name == "ops"
+    for elsewhere in ("/admin/models/iris/rollback", "/admin/events", "/v1/models/iris/predict"):
+        with pytest.raises(Forbidden):
+            auth.check(elsewhere, bearer)
+    with pytest.raises(Unauthorized, match="an approve \\(or admin\\) API key"):
+        auth.check(path, {})
+
+
+@pytest.mark.parametrize(
     "path",
     [
         "/",
