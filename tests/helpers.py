@@ -65,13 +65,15 @@ def haproxy_env(directory: Path) -> dict[str, str]:
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
         return {}
     ports = []
-    for _ in range(2):
+    for _ in range(3):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             ports.append(str(sock.getsockname()[1]))
     return {
         "RAY_SERVE_HAPROXY_STATS_PORT": ports[0],
         "RAY_SERVE_HAPROXY_METRICS_PORT": ports[1],
+        # Where gRPC is on (test_grpc), the head's fallback Serve proxy serves it on 9500.
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": ports[2],
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(directory / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(directory / "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(directory),

@@ -286,7 +286,13 @@ def receivers() -> Iterator[Receivers]:
 
 
 @pytest.fixture(scope="session")
-def serve_http(metrics_port: int, receivers: Receivers) -> Iterator[str]:
+def grpc_port() -> int:
+    """Where the test stack serves the Open Inference Protocol over gRPC (test_grpc)."""
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def serve_http(metrics_port: int, receivers: Receivers, grpc_port: int) -> Iterator[str]:
     """A real local Ray + Serve, started once; yields the HTTP proxy's base URL."""
     import ray
     from ray import serve
@@ -307,7 +313,11 @@ def serve_http(metrics_port: int, receivers: Receivers) -> Iterator[str]:
         log_to_driver=False,
         _metrics_export_port=metrics_port,
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    grpc_options = yaml.safe_load((REPO / "serve_config.yaml").read_text())["grpc_options"]
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": port},
+        grpc_options={**grpc_options, "port": grpc_port},
+    )
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
