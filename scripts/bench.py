@@ -10,7 +10,8 @@ machines are noisy. The load generator is ``wrk`` (Debian's package; installed h
 missing), pinned to the last core where the machine has more than one; its own ceiling is
 measured once against a trivial endpoint so the table says whether the client or the
 server was the bottleneck. Last, 20 models served by discovery (scripts/bench_discovery.py;
-``--no-discovery`` skips it) and batch jobs (scripts/bench_batch.py; ``--no-batch``).
+``--no-discovery`` skips it), batch jobs (scripts/bench_batch.py; ``--no-batch``) and the
+Open Inference Protocol over gRPC against HTTP (scripts/bench_grpc.py; ``--no-grpc``).
 Everything listens on 127.0.0.1 and stops at the end.
 """
 
@@ -42,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 import bench_batch  # noqa: E402  (scripts/, beside this file)
 import bench_discovery  # noqa: E402
+import bench_grpc  # noqa: E402
 import bench_load  # noqa: E402
 import bench_tracing  # noqa: E402
 
@@ -347,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the batch jobs (1M iris rows, 20k sentences)")  # fmt: skip
     parser.add_argument("--no-discovery", dest="discovery", action="store_false",
                         help="skip the 20 discovered models (memory, cold starts)")  # fmt: skip
+    parser.add_argument("--no-grpc", dest="grpc", action="store_false",
+                        help="skip gRPC against HTTP for iris (scripts/bench_grpc.py)")  # fmt: skip
     parser.add_argument("--no-tracing", dest="tracing", action="store_false",
                         help="skip tracing's cost (scripts/bench_tracing.py)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -466,7 +470,12 @@ def bench_serving(
         log_to_driver=False,
     )
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        grpc_port = free_port()
+        grpc_options = yaml.safe_load((REPO / "serve_config.yaml").read_text())["grpc_options"]
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": port},
+            grpc_options={**grpc_options, "port": grpc_port},
+        )
         base = f"http://127.0.0.1:{port}"
         admin = httpx.Client(
             base_url=base, timeout=60, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -740,6 +749,17 @@ def bench_serving(
             except Exception as exc:  # the other sections' figures are still written
                 batch["error"] = repr(exc)
                 print(f"[bench] batch jobs failed: {exc!r}")
+
+        # 11. The Open Inference Protocol over gRPC against HTTP, iris (scripts/bench_grpc.py).
+        if args.grpc:
+            try:
+                results["grpc"] = bench_grpc.measure(
+                    base.removeprefix("http://"), f"127.0.0.1:{grpc_port}", PREDICT_KEY,
+                    args.concurrency, args.seconds, args.warmup,
+                )  # fmt: skip
+            except Exception as exc:  # the other sections' figures are still written
+                results["grpc"] = {"error": repr(exc)}
+                print(f"[bench] gRPC failed: {exc!r}")
         admin.close()
     finally:
         with contextlib.suppress(Exception):
@@ -892,6 +912,7 @@ def write(out: Path, results: dict[str, Any]) -> None:
     lines += bench_discovery.markdown(results)
     lines += bench_tracing.markdown(results)
     lines += bench_batch.markdown(results)
+    lines += bench_grpc.markdown(results)
     table = "\n".join(lines) + "\n"
     (out / "results.md").write_text(table)
     print("\n" + table)
