@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentResponseGenerator
 
 from app import constants, tracing
 from app.control.routing import Target
@@ -51,6 +53,41 @@ class HandleBackend:
 
     async def metadata(self) -> dict[str, Any]:
         return await self._call("metadata")
+
+    async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("generate", request)
+
+    async def generate_stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The version's events as its replica yields them (a Ray Serve streaming call).
+
+        However this ends (the stream done, or the gateway's consumer gone with the client),
+        the call is cancelled: the replica stops before its next token step."""
+        stream: DeploymentResponseGenerator[dict[str, Any]]
+        stream = self._handle.options(stream=True).generate_stream.remote(request)  # type: ignore[assignment]
+        try:
+            async for event in stream:
+                yield event
+        except (RayActorError, DeploymentUnavailableError) as exc:
+            raise ModelUnavailable(
+                f"model {self.target.model} version {self.target.version} is unavailable: "
+                f"{type(exc).__name__}",
+                model=self.target.model, version=self.target.version,
+            ) from exc  # fmt: skip
+        except BackPressureError as exc:
+            raise Overloaded(
+                f"model {self.target.model} version {self.target.version} is at capacity "
+                "(its queue is full); retry after the Retry-After header's seconds",
+                model=self.target.model, version=self.target.version,
+            ) from exc  # fmt: skip
+        except RayTaskError as exc:
+            logger.exception("streaming call to %s failed", self.target.app_name)
+            raise ModelFailed(
+                f"model {self.target.model} version {self.target.version} failed: "
+                f"{type(exc.cause).__name__ if exc.cause else 'error'}",
+                model=self.target.model, version=self.target.version,
+            ) from exc  # fmt: skip
+        finally:
+            stream.cancel()
 
     async def _answer(self, method: str, *args: Any) -> dict[str, Any]:
         """One call; for a version that scales to zero, bounded by its cold-start wait."""

@@ -26,8 +26,10 @@ from app.quality.records import PredictionRecord
 from app.security.auth import Authenticator, KeyStore
 from app.security.ratelimit import LeaseFn, RateLimiter
 from app.serving.dataplane import DataPlane
+from app.serving.generating import Generations
 from app.serving.grpc_service import InferenceService
 from app.serving.http import create_api
+from app.serving.http_generate import add_generation_routes
 from app.serving.http_jobs import add_job_routes
 from app.serving.observe import RequestRecord
 from app.settings import AppArgs, ModelDeploymentConfig
@@ -35,7 +37,13 @@ from deployments.backends import HandleBackend
 from deployments.grpc_ingress import GrpcInference
 from deployments.jobs_port import RayJobs
 from deployments.log_flush import start_log_flusher
-from deployments.metrics import gateway_metrics, log_metrics, serving_errors, status_class
+from deployments.metrics import (
+    gateway_metrics,
+    log_metrics,
+    observe_generation,
+    serving_errors,
+    status_class,
+)
 
 logger = logging.getLogger("ray.serve")
 access_log = logging.getLogger("ray.serve.modellane.access")
@@ -193,6 +201,8 @@ class Gateway(GrpcInference):
             JobLineage(self._args.mlflow_tracking_uri, self._args.batch.experiment),
         )
         add_job_routes(api, jobs, self._champion_of)
+        generations = Generations(self.dataplane, observe_generation)
+        add_generation_routes(api, generations, self._args.routing_key_header)
         return api
 
     def _champion_of(self, model: str) -> str | None:

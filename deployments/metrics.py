@@ -19,6 +19,7 @@ from typing import Any
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from app.quality.stats import LATENCY_BOUNDS_S
+from app.serving.generating import GenerationRecord
 
 logger = logging.getLogger("ray.serve")
 
@@ -279,3 +280,52 @@ def set_gpu_gauges() -> None:
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
+
+
+@dataclass(frozen=True)
+class GenerationMetrics:
+    time_to_first_token: Histogram
+    tokens_per_second: Histogram
+    generated_tokens: Counter
+
+
+#: Seconds to a first token, and tokens a second of one answer (a tiny model on CPU: 1000s).
+_TTFT_BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+_RATE_BOUNDS = [1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0]
+
+
+@functools.cache
+def generation_metrics() -> GenerationMetrics:
+    """Text generation at the gateway, per version and role (``/v1/completions``,
+    ``/v1/chat/completions``; streamed or not)."""
+    return GenerationMetrics(
+        time_to_first_token=Histogram(
+            "modellane_time_to_first_token_seconds",
+            "From routing to the first generated text reaching the gateway.",
+            boundaries=_TTFT_BOUNDS,
+            tag_keys=MVR,
+        ),
+        tokens_per_second=Histogram(
+            "modellane_generation_tokens_per_second",
+            "Tokens a second of one answer, after its first token.",
+            boundaries=_RATE_BOUNDS,
+            tag_keys=MVR,
+        ),
+        generated_tokens=Counter(
+            "modellane_generated_tokens_total",
+            "Tokens generated (a stream the client left counts what it got).",
+            tag_keys=MVR,
+        ),
+    )
+
+
+def observe_generation(record: GenerationRecord) -> None:
+    """A generation's figures into the metrics (the gateway's observer of them)."""
+    metrics = generation_metrics()
+    tags = {"model": record.model, "version": record.version, "role": record.role}
+    if record.time_to_first_token_s is not None:
+        metrics.time_to_first_token.observe(record.time_to_first_token_s, tags=tags)
+    if record.tokens_per_s is not None:
+        metrics.tokens_per_second.observe(record.tokens_per_s, tags=tags)
+    if record.tokens > 0:
+        metrics.generated_tokens.inc(record.tokens, tags=tags)

@@ -26,6 +26,7 @@ from app.quality.drift import BASELINE_ARTIFACT, Baseline, DriftMonitor
 from app.serving.errors import InvalidInput, ModelFailed, ModellaneError
 from app.serving.validation import InputSpec, parse_inputs, to_jsonable
 from app.settings import BatchSettings
+from deployments.generation import GenerationMethods, text_generator_of
 from deployments.log_flush import start_log_flusher
 from deployments.metrics import model_metrics, serving_errors
 from deployments.model_loading import choose_device as choose_device
@@ -49,7 +50,7 @@ OP_BASELINE = "drift baseline parse"
     # Replicas replaced by new settings keep serving until their replacements are ready.
     max_surge_percent=100,
 )
-class ModelServer:
+class ModelServer(GenerationMethods):
     """Serves ``models:/<model>/<version>``; answers envelopes (see ``app.serving.dataplane``)."""
 
     #: Whether a text longer than the model reads is cut to fit (else a 422).
@@ -93,6 +94,7 @@ class ModelServer:
         #: Where the model came from, e.g. "mlflow.sklearn" (OIP metadata's "platform").
         self.flavor = str(getattr(self._model, "loader_module", None) or "mlflow.pyfunc")
         self._tokenizer, self._max_tokens = _tokenizer_of(self._model, self.spec)
+        self._generator = text_generator_of(self._model)  # None unless it generates text
         self.max_batch_size = 1  # until reconfigure() says otherwise
         self.load_s = time.monotonic() - started
         self._drift = DriftMonitor(_load_baseline(model, version, tracking_uri), drift_window)
@@ -173,6 +175,7 @@ class ModelServer:
             "platform": self.flavor,
             "device": self.device,
             "embeddings": self.flavor == _EMBEDDINGS_FLAVOR,
+            "generation": self.generation_metadata(),
             "max_batch_size": self.max_batch_size,
             "load_s": self.load_s,
             "warmup_s": self.warmup_s,

@@ -11,7 +11,9 @@ missing), pinned to the last core where the machine has more than one; its own c
 measured once against a trivial endpoint so the table says whether the client or the
 server was the bottleneck. Last, 20 models served by discovery (scripts/bench_discovery.py;
 ``--no-discovery`` skips it), batch jobs (scripts/bench_batch.py; ``--no-batch``) and the
-Open Inference Protocol over gRPC against HTTP (scripts/bench_grpc.py; ``--no-grpc``).
+Open Inference Protocol over gRPC against HTTP (scripts/bench_grpc.py; ``--no-grpc``), and
+text generation streamed through the gateway against ``generate`` in one process
+(scripts/bench_generation.py; ``--no-generation``).
 Everything listens on 127.0.0.1 and stops at the end.
 """
 
@@ -43,6 +45,7 @@ sys.path.insert(0, str(REPO))
 
 import bench_batch  # noqa: E402  (scripts/, beside this file)
 import bench_discovery  # noqa: E402
+import bench_generation  # noqa: E402
 import bench_grpc  # noqa: E402
 import bench_load  # noqa: E402
 import bench_tracing  # noqa: E402
@@ -269,6 +272,7 @@ def control_config(
             "batch_wait_timeout_s": 0.01 if minilm_batch > 1 else 0.0,
             "max_ongoing_requests": max(32, minilm_batch),
         },
+        "textgen": {**args["models"]["textgen"], "rollout": None},
     }
     args["auth"] = {
         "predict_requires_key": True,
@@ -351,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the 20 discovered models (memory, cold starts)")  # fmt: skip
     parser.add_argument("--no-grpc", dest="grpc", action="store_false",
                         help="skip gRPC against HTTP for iris (scripts/bench_grpc.py)")  # fmt: skip
+    parser.add_argument("--no-generation", dest="generation", action="store_false",
+                        help="skip text generation (scripts/bench_generation.py)")  # fmt: skip
     parser.add_argument("--no-tracing", dest="tracing", action="store_false",
                         help="skip tracing's cost (scripts/bench_tracing.py)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -417,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             120,
             "MLflow",
         )
-        print("[bench] registering iris and minilm")
+        print("[bench] registering iris, minilm and textgen")
         subprocess.run(
             [
                 sys.executable,
@@ -428,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
                 "iris",
                 "--only",
                 "minilm",
+                "--only",
+                "textgen",
             ],
             check=True,
             env=env,
@@ -760,6 +768,16 @@ def bench_serving(
             except Exception as exc:  # the other sections' figures are still written
                 results["grpc"] = {"error": repr(exc)}
                 print(f"[bench] gRPC failed: {exc!r}")
+
+        # 12. Text generation: time to first token and tokens/s streamed through the
+        # gateway, against generate in one process (scripts/bench_generation.py).
+        if args.generation:
+            generation: dict[str, Any] = results.setdefault("generation", {})
+            try:
+                bench_generation.measure(generation, base, PREDICT_KEY, tracking_uri)
+            except Exception as exc:  # the other sections' figures are still written
+                generation["error"] = repr(exc)
+                print(f"[bench] text generation failed: {exc!r}")
         admin.close()
     finally:
         with contextlib.suppress(Exception):
@@ -913,6 +931,7 @@ def write(out: Path, results: dict[str, Any]) -> None:
     lines += bench_tracing.markdown(results)
     lines += bench_batch.markdown(results)
     lines += bench_grpc.markdown(results)
+    lines += bench_generation.markdown(results)
     table = "\n".join(lines) + "\n"
     (out / "results.md").write_text(table)
     print("\n" + table)

@@ -8,6 +8,10 @@
   logged with MLflow's sentence-transformers flavor.
 - ``sentiment``: a tiny BERT text classifier built from a config (random weights, seeded),
   logged with MLflow's transformers flavor; it exercises the transformers code path.
+- ``textgen``: a tiny GPT-2 (2 layers, random weights, seeded) with a byte-level BPE
+  tokenizer trained here on a few sentences and a chat template, logged with MLflow's
+  transformers flavor (task text-generation): served at ``/v1/completions`` and
+  ``/v1/chat/completions``, streamed token by token.
 - ``wine``: a scikit-learn classifier of the wine dataset, tagged ``modellane.serve=true``
   and not listed in serve_config.yaml: served by discovery, with ``model_defaults``
   (it scales to zero replicas when idle).
@@ -21,6 +25,7 @@ import argparse
 import os
 import sys
 import tempfile
+from typing import Any
 
 for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
     os.environ.setdefault(_key, _value)
@@ -175,6 +180,61 @@ def register_sentiment(client: MlflowClient) -> None:
     client.set_registered_model_alias("sentiment", "champion", info.registered_model_version)
 
 
+#: The chat template of ``textgen``'s tokenizer: one ``<|role|>`` line before each message.
+TEXTGEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+TEXTGEN_CONTEXT = 256
+
+
+def build_textgen(seed: int = 0) -> tuple[Any, Any]:
+    """``textgen``'s model and tokenizer: a 2-layer GPT-2 of random weights (``seed``) and
+    a byte-level BPE tokenizer trained on the demo sentences; nothing is downloaded."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    end = "<|endoftext|>"
+    bpe = ByteLevelBPETokenizer()
+    corpus = [*TEXT_SAMPLE, *TEXT_EXAMPLE, TEXTGEN_CHAT_TEMPLATE]
+    bpe.train_from_iterator(corpus, vocab_size=1024, special_tokens=[end], show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,  # the library's documented way to wrap its own
+        bos_token=end, eos_token=end, unk_token=end, pad_token=end,
+        model_max_length=TEXTGEN_CONTEXT,
+    )  # fmt: skip
+    tokenizer.chat_template = TEXTGEN_CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=TEXTGEN_CONTEXT, n_embd=64, n_layer=2, n_head=2,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    return GPT2LMHeadModel(config).eval(), tokenizer
+
+
+def register_textgen(client: MlflowClient) -> None:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    model, tokenizer = build_textgen(seed=0)
+    example = ["the registry decides"]
+    with mlflow.start_run(run_name="textgen"):
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            task="text-generation",
+            name="model",
+            signature=ModelSignature(Schema([ColSpec("string")]), Schema([ColSpec("string")])),
+            input_example=example,
+            # The pipeline's own answers (POST /v1/models/textgen/predict): short and greedy.
+            model_config={"max_new_tokens": 8, "do_sample": False},
+            registered_model_name="textgen",
+            pip_requirements=_pins("transformers", "torch", "tokenizers"),
+        )
+    print(f"textgen v{info.registered_model_version}: tiny GPT-2 (random weights)")
+    client.set_registered_model_alias("textgen", "champion", info.registered_model_version)
+
+
 def register_wine(client: MlflowClient) -> None:
     from sklearn.datasets import load_wine
     from sklearn.linear_model import LogisticRegression
@@ -205,6 +265,7 @@ REGISTRARS = {
     "iris": register_iris,
     "minilm": register_minilm,
     "sentiment": register_sentiment,
+    "textgen": register_textgen,
     "wine": register_wine,
 }
 

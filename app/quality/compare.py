@@ -3,6 +3,7 @@
 - classifiers (outputs with a ``label``, or strings): label agreement;
 - numbers: mean absolute difference;
 - embeddings (lists of numbers): cosine similarity;
+- generated texts (:func:`compare_texts`): the Jaccard similarity of their word sets;
 - always: the latency ratio other / primary.
 """
 
@@ -17,8 +18,8 @@ from pydantic import BaseModel, Field
 
 @dataclass(frozen=True)
 class Comparison:
-    kind: str  # "label" | "numeric" | "embedding" | "mismatch"
-    value: float  # agreement share, mean absolute difference, or mean cosine similarity
+    kind: str  # "label" | "numeric" | "embedding" | "text" | "mismatch"
+    value: float  # agreement share, mean absolute difference, mean cosine or Jaccard similarity
     rows: int
 
 
@@ -50,6 +51,25 @@ def compare_outputs(primary: list[Any], other: list[Any]) -> Comparison:
     return Comparison("label", same / rows, rows)
 
 
+def compare_texts(primary: list[str], other: list[str]) -> Comparison:
+    """Two generations for the same prompts, answer by answer: the Jaccard similarity of
+    their sets of words (split on white space), 1.0 for two empty answers.
+
+    Words rather than the model's tokens: the gateway has no tokenizer, and two versions
+    may not share one. Order is ignored, so the figure reads "how much of the vocabulary of
+    the answers is shared": 1.0 for equal answers, 0.0 for answers with no word in common.
+    """
+    rows = min(len(primary), len(other))
+    if rows == 0 or len(primary) != len(other):
+        return Comparison("mismatch", 0.0, rows)
+    total = 0.0
+    for a, b in zip(primary, other, strict=True):
+        words_a, words_b = set(str(a).split()), set(str(b).split())
+        union = words_a | words_b
+        total += len(words_a & words_b) / len(union) if union else 1.0
+    return Comparison("text", total / rows, rows)
+
+
 def _all_int(*lists: list[Any]) -> bool:
     # Integer class ids compare as labels; integer regressions would be rare and still fair.
     return all(isinstance(v, int) and not isinstance(v, bool) for lst in lists for v in lst)
@@ -72,7 +92,7 @@ class ComparisonStats(BaseModel):
     """Running comparison of one version against the primary (mergeable across replicas)."""
 
     compared: int = Field(0, description="Answers compared.")
-    kind: str | None = Field(None, description="label, numeric or embedding.")
+    kind: str | None = Field(None, description="label, numeric, embedding or text.")
     value_sum: float = Field(0.0, description="Sum of per-answer agreement / difference.")
     latency_ratio_sum: float = 0.0
     errors: int = Field(0, description="Calls that raised or answered an error.")

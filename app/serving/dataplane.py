@@ -124,6 +124,10 @@ class DataPlane:
                 self.champion_since[name] = (version, now)
         return True
 
+    def backend(self, target: Target) -> ModelBackend:
+        """What calls ``target`` (text generation calls it beside predict)."""
+        return self._backend(target)
+
     def _backend(self, target: Target) -> ModelBackend:
         # A version's cold-start wait is part of how it is called: a new one, a new backend.
         key = (target.app_name, target.cold_start_timeout_s)

@@ -45,6 +45,8 @@ _PREDICT_PATH = re.compile(
 )
 #: Where a route names the model it served when the path does not (``/v1/embeddings``).
 STATE_MODEL = "modellane_model"
+#: Prediction paths whose body names the model (the route sets ``STATE_MODEL``).
+BODY_MODEL_PATHS = frozenset({"/v1/embeddings", "/v1/completions", "/v1/chat/completions"})
 
 
 #: The operation under which an observer's failure is counted (``DataPlane.failures``).
@@ -67,7 +69,7 @@ class ObservePredictions:
             await self.app(scope, receive, send)
             return
         match = _PREDICT_PATH.match(scope.get("path", ""))
-        if match is None and scope.get("path") != "/v1/embeddings":
+        if match is None and scope.get("path") not in BODY_MODEL_PATHS:
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})
@@ -103,7 +105,7 @@ class ObservePredictions:
         # One server span per request, continuing the client's traceparent where it sent one:
         # FastAPI's own where its telemetry is on (it starts one outside this middleware
         # when a tracer provider is installed), else ours.
-        name = f"{scope.get('method', 'POST')} {_route(match)}"
+        name = f"{scope.get('method', 'POST')} {_route(match, scope['path'])}"
         with tracing.server_span(name, request_headers) as current:
             seen["span"] = current
             try:
@@ -175,8 +177,8 @@ def hand_over(
         failures[OBSERVER_FAILED] += 1
 
 
-def _route(match: re.Match[str] | None) -> str:
+def _route(match: re.Match[str] | None, path: str) -> str:
     """The route's template, never the path itself (a span name has few values)."""
     if match is None:
-        return "/v1/embeddings"
+        return path  # one of BODY_MODEL_PATHS
     return "/v1/models/{name}/predict" if match.group(1) else "/v2/models/{name}/infer"

@@ -61,7 +61,7 @@ TEST_MODELS = (
     "failing", "stageonly", "swapper", "broken", "abtest", "shadowed", "canary", "drifty",
     "sturdy", "graded", "coldstart", "gated",
 )  # fmt: skip
-DEMO_MODELS = ("iris", "minilm", "sentiment")
+DEMO_MODELS = ("iris", "minilm", "sentiment", "textgen")
 #: Every model the test gateway serves.
 SERVED_MODELS = (*DEMO_MODELS, *TEST_MODELS)
 #: Per-model settings of the test stack beyond the replica defaults.
@@ -266,6 +266,8 @@ def _register_test_models(uri: str) -> None:
     client.set_model_version_tag("gated", "1", "modellane.approved_by", "setup")
     for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty", "sturdy",
                  "graded", "coldstart", "gated"):  # fmt: skip
+    # textgen v2: v1 again (the same answers), a challenger to roll out (test_generation).
+    copy("textgen", client.get_model_version("textgen", "1"))
         client.set_registered_model_alias(name, "champion", "1")
 
 
