@@ -43,8 +43,9 @@ class Reconciler:
         self._unservable: set[str] = set()
         #: model -> alias and stage champions at its last read (who changed last)
         self._signals: dict[str, ChampionSignals] = {}
-        #: (model, version) blocked for want of an approval and told (event, tag, alert)
-        self._told: set[tuple[str, str]] = set()
+        #: model -> the version held back for want of an approval, once told (event, tag,
+        #: alert); the tag tells it after a restart
+        self._told: dict[str, str] = {}
 
     async def run_pass(self) -> None:
         """One pass. The first one rebuilds the memory after a (re)start; until it ends,
@@ -137,11 +138,12 @@ class Reconciler:
         required = memory.settings(name).require_approval
         gated, blocked = approvals.gate(versions, roles, serving, required)
         if blocked is None:
+            self._told.pop(name, None)  # a later block of the same version is told again
             return roles
         wanted = roles[constants.ROLE_CHAMPION]
         kept = gated.get(constants.ROLE_CHAMPION)
-        if approvals.TAG_BLOCKED not in blocked.tags and (name, wanted.version) not in self._told:
-            self._told.add((name, wanted.version))
+        if approvals.TAG_BLOCKED not in blocked.tags and self._told.get(name) != wanted.version:
+            self._told[name] = wanted.version
             reason = approvals.blocked_reason(wanted, kept)
             await self._ctx.outbox.tag_version(
                 name, wanted.version, {approvals.TAG_BLOCKED: reason}

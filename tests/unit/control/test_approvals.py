@@ -103,6 +103,24 @@ async def test_the_approval_is_stored_told_and_switches_the_champion_in() -> Non
 
 
 @async_test
+async def test_a_version_blocked_again_after_its_approval_was_withdrawn_is_told_again() -> None:
+    stack = await _blocked()
+    await stack.parts.admin.approve("iris", "2", "", "lead")
+    await stack.reconcile()
+    assert stack.serving("iris") == "2"
+    stack.registry.alias("iris", "champion", "1")  # back, by hand; v2's approval withdrawn
+    for key in (approvals.TAG_APPROVED_BY, constants.TAG_SWITCHED_AT):
+        stack.registry.models["iris"]["2"].tags.pop(key, None)
+    await stack.reconcile()
+    assert stack.serving("iris") == "1"
+    stack.registry.alias("iris", "champion", "2")
+    await stack.reconcile()
+    assert stack.serving("iris") == "1"
+    assert approvals.TAG_BLOCKED in stack.registry.tags("iris", "2")
+    assert len(stack.events(ev.BLOCKED)) == 2
+
+
+@async_test
 async def test_approve_refuses_twice_unknown_versions_four_eyes_and_a_failed_write() -> None:
     stack = await _blocked()
     with pytest.raises(ModelNotFound):
