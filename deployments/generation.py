@@ -93,6 +93,12 @@ class GenerationMethods:
             try:
                 # A cancelled call stops here: the step in flight ends, no other starts.
                 piece = await asyncio.to_thread(generation.step)
+            except asyncio.CancelledError:
+                logger.info(
+                    "%s v%s: generation cancelled after %d tokens (the client left)",
+                    self.model_name, self.version, generation.completion_tokens,
+                )  # fmt: skip
+                raise
             except Exception as exc:  # the model's failure ends this stream, not the replica
                 logger.exception("%s v%s raised while generating", self.model_name, self.version)
                 serving_errors().inc(tags={"model": self.model_name, "operation": OP_GENERATE})

@@ -17,6 +17,7 @@ FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
 #: What decoding yields for a token that ends inside a multi-byte character.
 _PARTIAL = "\ufffd"
+_GREEDY_BELOW = 1e-6
 
 
 class TextGenerator:
@@ -119,7 +120,8 @@ class Generation:
     def _sample(self, logits: Any) -> int:
         torch = self._torch
         params = self._params
-        if params.temperature == 0:
+        # A temperature this close to 0 would overflow the scaled logits: it is greedy.
+        if params.temperature < _GREEDY_BELOW:
             return int(torch.argmax(logits))
         probs = torch.softmax(logits / params.temperature, dim=-1)
         if params.top_p < 1.0:

@@ -126,6 +126,11 @@ def test_every_dashboard_expression_returns_series(
     ).run()
     client.post("/v1/models/iris/predict", json={"inputs": [{"bad": 1}]})  # a 4xx
     _labelled_iris(client)  # live quality and label counts
+    for stream in (False, True, True):  # text generation: time to first token, tokens/s
+        body = {"model": "textgen", "prompt": "the registry decides", "max_tokens": 8,
+                "temperature": 0, "stream": stream}  # fmt: skip
+        answer = client.post("/v1/completions", json=body)
+        assert answer.status_code == 200, answer.text
     wait_for(lambda: _events(client, since, "broken", "failure"), 240, "broken v2 to fail to load")
 
     missing: list[str] = []

@@ -43,6 +43,11 @@ def test_a_tiny_top_p_is_greedy(generator: TextGenerator) -> None:
     assert generator.start(params(temperature=1.0, top_p=1e-6, seed=9)).run() == greedy
 
 
+def test_a_temperature_next_to_zero_is_greedy_not_an_overflow(generator: TextGenerator) -> None:
+    greedy = generator.start(params(temperature=0)).run()
+    assert generator.start(params(temperature=1e-300, seed=2)).run() == greedy
+
+
 def test_a_stop_string_ends_the_answer_before_it(generator: TextGenerator) -> None:
     whole = generator.start(params(seed=5, max_tokens=30)).run()
     if len(whole) < 4:
