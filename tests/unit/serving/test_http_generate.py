@@ -179,3 +179,30 @@ def test_texts_compare_by_the_jaccard_similarity_of_their_words() -> None:
     assert compare_texts(["a b"], ["b c"]).value == pytest.approx(1 / 3)
     assert compare_texts(["", "x"], ["", "y"]).value == pytest.approx(0.5)
     assert compare_texts(["a"], []).kind == "mismatch"
+
+
+def test_the_traffic_policy_applies_a_full_weight_challenger_answers(setup: Any) -> None:
+    api, _, (dataplane, records) = setup
+    routes = dataplane.table.models["textgen"]
+    table = dataplane.table.model_copy(
+        update={
+            "epoch": 2,
+            "models": {
+                **dataplane.table.models,
+                "textgen": routes.model_copy(
+                    update={
+                        "challenger": target("textgen", "3", constants.ROLE_CHALLENGER),
+                        "challenger_weight": 100.0,
+                        "shadow": None,
+                    }
+                ),
+            },
+        }
+    )
+    assert dataplane.update_table(table)
+    for stream in (False, True):
+        resp = post(api, "/v1/completions", {**BODY, "stream": stream})
+        assert resp.headers[constants.HEADER_MODEL_VERSION] == "3"
+        assert resp.headers[constants.HEADER_MODEL_ROLE] == constants.ROLE_CHALLENGER
+    assert dataplane.arms["textgen"]["3"].requests == 2
+    assert {r.role for r in records} == {constants.ROLE_CHALLENGER}
