@@ -264,10 +264,10 @@ def _register_test_models(uri: str) -> None:
     copy("gated", weak)
     copy("gated", iris)
     client.set_model_version_tag("gated", "1", "modellane.approved_by", "setup")
-    for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty", "sturdy",
-                 "graded", "coldstart", "gated"):  # fmt: skip
     # textgen v2: v1 again (the same answers), a challenger to roll out (test_generation).
     copy("textgen", client.get_model_version("textgen", "1"))
+    for name in ("swapper", "broken", "abtest", "shadowed", "canary", "drifty", "sturdy",
+                 "graded", "coldstart", "gated"):  # fmt: skip
         client.set_registered_model_alias(name, "champion", "1")
 
 
