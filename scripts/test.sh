@@ -6,11 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install.sh
-# A real Prometheus for the observability test, and a real browser for the console test
-# (Debian's packages), where missing.
+# A real Prometheus for the observability test, a real browser for the console test, and a
+# real PostgreSQL for the cluster test (MLflow and the audit trail on it): Debian's
+# packages, where missing.
 missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "[test] installing Debian's ${missing[*]}"
   apt-get update -qq

@@ -27,7 +27,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import haproxy_env
+from app import constants
+from tests.helpers import haproxy_env, wait_for
 
 NODE_ARGS: dict[str, Any] = {"num_cpus": 1}
 WORKERS = 2
@@ -130,6 +131,13 @@ def main(config_path: str) -> None:
     _stop(cluster)
 
 
+def watcher_nodes(details: dict[str, Any]) -> set[str]:
+    """Nodes of the RegistryWatcher's replicas, in an answer to ``details``."""
+    app = details["serve"].get("applications", {}).get(constants.CONTROL_APP_NAME, {})
+    deployment = app.get("deployments", {}).get(constants.WATCHER_DEPLOYMENT, {})
+    return {r["node_id"] for r in deployment.get("replicas", [])}
+
+
 #: Answers start with this; Ray's node processes share the child's stdout and print there too.
 MARK = "@@cluster "
 
@@ -184,6 +192,20 @@ class ClusterProcess:
             self._process.stdin.write(json.dumps({"op": op, **args}) + "\n")
             self._process.stdin.flush()
             return self.read(timeout_s)
+
+    def replica_nodes(self, model: str, version: str) -> list[str]:
+        """Node ids of the RUNNING replicas of ``model`` version ``version``."""
+        apps = self.ask("details")["serve"].get("applications", {})
+        app = apps.get(constants.version_app_name(model, version))
+        if not app:
+            return []
+        replicas = app["deployments"][constants.MODEL_SERVER_DEPLOYMENT]["replicas"]
+        return [r["node_id"] for r in replicas if r["state"] == "RUNNING"]
+
+    def replace_removed_workers(self) -> None:
+        """Back to the cluster's size: a new worker node for each one removed."""
+        self.ask("add_nodes", timeout_s=300)
+        wait_for(lambda: len(self.ask("details")["alive"]) == WORKERS + 1, 120, "nodes alive")
 
     def stop(self) -> None:
         try:

@@ -32,8 +32,10 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    make_url,
     select,
 )
+from sqlalchemy.engine import URL
 from sqlalchemy.pool import StaticPool
 
 from app.serving.errors import Overloaded
@@ -179,7 +181,16 @@ def _engine(uri: str) -> Engine:
     connect_args: dict[str, Any] = {}
     if uri.startswith("postgresql"):
         connect_args["connect_timeout"] = 3
-    return create_engine(uri, pool_pre_ping=True, connect_args=connect_args)
+    return create_engine(driver_url(uri), pool_pre_ping=True, connect_args=connect_args)
+
+
+def driver_url(uri: str) -> URL:
+    """``uri`` with psycopg2 named where it names no driver: SQLAlchemy 2.1 takes plain
+    ``postgresql://`` as psycopg 3, which is not installed; psycopg2 is (MLflow's too)."""
+    url = make_url(uri)
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg2")
+    return url
 
 
 __all__ = ["AuditStore", "AuditUnavailable", "Event", "NewEvent", "events_table"]

@@ -119,10 +119,12 @@ def _free_port() -> int:
 
 class MlflowServer:
     """A real ``mlflow server`` process on a fixed loopback port; can be stopped and started
-    again on the same store (the registry-outage test does)."""
+    again on the same store (the registry-outage test does). Its store: SQLite in ``root``,
+    or ``backend_store_uri`` (PostgreSQL in test_cluster); artifacts in ``root``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, backend_store_uri: str | None = None) -> None:
         self.root = root
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{root}/mlflow.db"
         self.port = _free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -132,7 +134,7 @@ class MlflowServer:
         self._proc = subprocess.Popen(
             [
                 sys.executable, "-m", "mlflow", "server",
-                "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+                "--backend-store-uri", self.backend_store_uri,
                 "--artifacts-destination", str(self.root / "artifacts"),
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
             ],

@@ -1,19 +1,22 @@
 """modellane on a Ray cluster of three nodes (a head and two workers, Ray's own multi-node
-test tooling on loopback), deployed from serve_config.yaml like on one machine, against the
-suite's MLflow server.
+test tooling on loopback), deployed from serve_config.yaml like on one machine, against an
+MLflow server on a real PostgreSQL (Debian's package), with the audit trail in that
+PostgreSQL too: the set-up README's "On a cluster" and docs/scaling.md describe.
 
 Model ``spread`` runs 2 replicas with at most 1 per node. On that cluster: serving, a
-hot-swap and a canary rollout under load; a worker node removed under load (its replicas
-come back on the nodes that remain); and the whole stack stopped and started (Ray and Serve
-from nothing; the versions, the weight and the paused rollout come back from the registry).
-The tests share one cluster and run in any order: each sets up the roles of ``spread`` it
-needs, and ``_spread_as_found`` puts them back after it (a removed node is replaced).
+hot-swap, a rollback (admin API) and a canary rollout under load; the audit trail's rows in
+PostgreSQL; a worker node removed under load (its replicas come back on the nodes that
+remain); and the whole stack stopped and started (Ray and Serve from nothing; the versions,
+the weight and the paused rollout come back from the registry, the audit seq carries on).
+The tests share one cluster, in any order: ``_spread_as_found`` puts back spread's roles.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,14 +29,14 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from app import constants
 from app.security.auth import hash_key
-from tests.cluster import ClusterProcess
+from tests.cluster import ClusterProcess, watcher_nodes
 from tests.helpers import ADMIN_HEADERS, ADMIN_KEY, PREDICT_KEY, REPO, throttled, wait_for
-from tests.integration.conftest import IRIS_COLUMNS
+from tests.integration.conftest import IRIS_COLUMNS, MlflowServer
 from tests.integration.roles import Roles
 from tests.integration.test_faults import fault_under_load, record
 from tests.load import Load
+from tests.postgres import Postgres, audit_rows
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +45,7 @@ ROWS = [
     {"inputs": [dict(zip(IRIS_COLUMNS, row, strict=True))]}
     for row in ([5.1, 3.5, 1.4, 0.2], [6.3, 2.9, 5.6, 1.8], [5.9, 3.0, 4.2, 1.5])
 ]
+AUDIT_DB = "modellane_audit"  # audit.db_uri's database; MLflow's is "mlflow"
 POLICY = {
     "steps": [50, 100],
     "step_interval_s": 2,
@@ -56,23 +60,50 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _register(registry: str) -> None:
-    """spread v1, v2, v3: iris v1, v2, v2 again; champion v1 (once: the module's cluster may
-    start more than once in a run, where tests of other modules run in between)."""
-    client = MlflowClient(registry)
-    if client.search_registered_models(filter_string=f"name = '{MODEL}'"):
-        return
-    client.create_registered_model(MODEL)
-    for source in ("1", "2", "2"):
-        iris = client.get_model_version("iris", source)
-        client.create_model_version(MODEL, source=f"models:/iris/{source}", run_id=iris.run_id)
-    client.set_registered_model_alias(MODEL, "champion", "1")
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    """PostgreSQL from a temporary data directory, as user postgres, on a free port. The
+    commands (initdb, pg_ctl start, a role, createdb, mlflow server, audit.db_uri) are the
+    ones README's "On a cluster" and docs/scaling.md show, adapted to a real host there."""
+    server = Postgres()
+    try:
+        server.start()
+        server.create_database(AUDIT_DB)
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
-def cluster(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def registry(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """This module's registry, not the suite's: an MLflow server on PostgreSQL (artifacts in
+    a local folder), with iris (scripts/register_demo_models.py) and spread v1, v2, v3 (iris
+    v1, v2, v2 again; champion v1)."""
+    store = postgres.create_database("mlflow")
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-pg"), backend_store_uri=store)
+    try:
+        server.start()
+        subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "register_demo_models.py"),
+             "--tracking-uri", server.uri, "--only", "iris"],
+            check=True, cwd=REPO, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = MlflowClient(server.uri)
+        client.create_registered_model(MODEL)
+        for source in ("1", "2", "2"):
+            iris = client.get_model_version("iris", source)
+            client.create_model_version(MODEL, f"models:/iris/{source}", run_id=iris.run_id)
+        client.set_registered_model_alias(MODEL, "champion", "1")
+        yield server.uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    registry: str, postgres: Postgres, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """(ClusterProcess, gateway URL) of a 3-node cluster serving ``spread``."""
-    _register(registry)
     directory = tmp_path_factory.mktemp("cluster")
     port = _free_port()
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
@@ -81,6 +112,7 @@ def cluster(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     control["args"].update(
         {
             "mlflow_tracking_uri": registry,
+            "audit": {"db_uri": postgres.url(AUDIT_DB)},
             "poll_interval_s": 2,
             # Versions a test moved away from stay warm while the tests run, so that
             # putting a champion back after a test is a switch, not a deploy.
@@ -131,7 +163,7 @@ def admin(cluster: Any) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def roles(registry: str, admin: httpx.Client) -> Roles:
-    """Roles of ``spread`` in the suite's registry, as the cluster's gateway serves them."""
+    """Roles of ``spread`` in this module's registry, as the cluster's gateway serves them."""
     return Roles(registry, admin)
 
 
@@ -155,16 +187,6 @@ def _status(admin: httpx.Client) -> dict[str, Any]:
     return dict(answer.json())
 
 
-def _replica_nodes(process: ClusterProcess, version: str) -> list[str]:
-    """Node ids of the RUNNING replicas of ``spread`` version ``version``."""
-    details = process.ask("details")
-    app = details["serve"].get("applications", {}).get(constants.version_app_name(MODEL, version))
-    if not app:
-        return []
-    replicas = app["deployments"][constants.MODEL_SERVER_DEPLOYMENT]["replicas"]
-    return [r["node_id"] for r in replicas if r["state"] == "RUNNING"]
-
-
 def test_replicas_spread_over_nodes_and_serve(cluster: Any, roles: Roles) -> None:
     process, gateway = cluster
     champion = roles.record(MODEL).expected()["champion"]
@@ -173,7 +195,7 @@ def test_replicas_spread_over_nodes_and_serve(cluster: Any, roles: Roles) -> Non
     details = process.ask("details")
     assert len(details["alive"]) == 3, details["alive"]
     nodes = wait_for(
-        lambda: len(n := _replica_nodes(process, champion)) == 2 and n, 120, "2 replicas"
+        lambda: len(n := process.replica_nodes(MODEL, champion)) == 2 and n, 120, "2 replicas"
     )
     assert len(set(nodes)) == 2, f"both replicas of {MODEL} v{champion} on one node: {nodes}"
     result = Load(f"{gateway}/v1/models/{MODEL}/predict", ROWS, min_requests=60).run()
@@ -203,7 +225,54 @@ def test_hot_swap_across_nodes_loses_no_request(
     assert not result.failed, result.failed[:3]
     assert _status(admin)["serving_version"] == "2"
     assert result.versions()["1"] > 0 and result.versions()["2"] > 0
-    assert len(set(_replica_nodes(process, "2"))) == 2
+    assert len(set(process.replica_nodes(MODEL, "2"))) == 2
+
+
+def test_rollback_through_the_admin_api_loses_no_request(
+    cluster: Any, admin: httpx.Client, roles: Roles
+) -> None:
+    """v2 took over from v1 (kept warm); the admin API rolls back to v1 under load."""
+    _, gateway = cluster
+    roles.set(MODEL, champion="1", challenger=None, shadow=None)
+    roles.set(MODEL, champion="2")
+    since = _events(admin)[-1]["seq"]
+    load = Load(f"{gateway}/v1/models/{MODEL}/predict", ROWS, concurrency=4, min_requests=100,
+                until=lambda: load.result.versions()["1"] >= 20, max_s=120)  # fmt: skip
+    with load:
+        wait_for(lambda: load.done() >= 40, 60, "load under way")
+        answer = admin.post(f"/admin/models/{MODEL}/rollback")
+    assert answer.status_code == 200, answer.text
+    result = load.result
+    assert not result.failed, result.failed[:3]
+    assert _status(admin)["serving_version"] == "1"
+    assert result.versions()["1"] > 0 and result.versions()["2"] > 0
+    rollbacks = [e for e in _events(admin, since) if e["kind"] == "rollback"]
+    assert rollbacks and rollbacks[-1]["actor"] == "ops", rollbacks
+
+
+def test_audit_trail_is_in_postgres(admin: httpx.Client, postgres: Postgres, roles: Roles):
+    """After a switch, the admin API's events are rows of modellane_events, seqs growing."""
+    target = _other(roles.record(MODEL).expected()["champion"])
+    since = _events(admin)[-1]["seq"]
+    roles.set(MODEL, champion=target, challenger=None, shadow=None)
+
+    def switched() -> list[dict[str, Any]]:
+        found = _events(admin)
+        new = [e for e in found if e["seq"] > since and e["kind"] == "switch"]
+        return found if any(e["version"] == target for e in new) else []
+
+    events = wait_for(switched, 30, "the switch's event")
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(set(seqs)), seqs
+    rows = {row["seq"]: row for row in audit_rows(postgres.url(AUDIT_DB))}
+    assert [rows.get(e["seq"]) for e in events] == events
+
+
+def _events(admin: httpx.Client, since: int = 0) -> list[dict[str, Any]]:
+    """The audit trail after ``since``, as the admin API returns it."""
+    answer = admin.get("/admin/events", params={"since": since, "limit": 2000})
+    assert answer.status_code == 200, answer.text
+    return list(answer.json())
 
 
 def test_canary_rollout_across_nodes_is_promoted(
@@ -239,7 +308,7 @@ def test_worker_node_removed_under_load_replicas_come_back(cluster: Any, roles: 
     assert champion is not None
     roles.set(MODEL, challenger=None, shadow=None)
     nodes = wait_for(
-        lambda: len(n := _replica_nodes(process, champion)) == 2 and n, 120, "2 replicas"
+        lambda: len(n := process.replica_nodes(MODEL, champion)) == 2 and n, 120, "2 replicas"
     )
     details = process.ask("details")
     workers = [n for n in nodes if n in details["workers"]]
@@ -248,11 +317,11 @@ def test_worker_node_removed_under_load_replicas_come_back(cluster: Any, roles: 
     # too is avoided where there is a choice: losing the watcher while the champion is short
     # of a replica is another fault (the restarted watcher does not adopt an application
     # that is not RUNNING, and the model answers 503 until it is redeployed).
-    watcher = _watcher_nodes(details)
+    watcher = watcher_nodes(details)
     victim = next((n for n in workers if n not in watcher), workers[0])
 
     def back() -> bool:
-        now = _replica_nodes(process, champion)
+        now = process.replica_nodes(MODEL, champion)
         return len(now) == 2 and victim not in now
 
     try:
@@ -266,34 +335,22 @@ def test_worker_node_removed_under_load_replicas_come_back(cluster: Any, roles: 
             max_s=400,
             retry_policy=True,
         )
-        after = _replica_nodes(process, champion)
+        after = process.replica_nodes(MODEL, champion)
         alive = process.ask("details")["alive"]
     finally:
-        _replace_removed_workers(process)
+        process.replace_removed_workers()
     record("worker_node_removed", result, recovery_s, retry_policy="app.serving.retry")
     assert len(set(after)) == 2 and victim not in after
     assert victim not in alive
     assert not result.failed, result.failed[:3]
 
 
-def _watcher_nodes(details: dict[str, Any]) -> set[str]:
-    """Nodes of the RegistryWatcher's replicas."""
-    app = details["serve"].get("applications", {}).get(constants.CONTROL_APP_NAME, {})
-    deployment = app.get("deployments", {}).get(constants.WATCHER_DEPLOYMENT, {})
-    return {r["node_id"] for r in deployment.get("replicas", [])}
-
-
-def _replace_removed_workers(process: ClusterProcess) -> None:
-    """Back to the cluster's size: a new worker node for each one removed."""
-    process.ask("add_nodes", timeout_s=300)
-    wait_for(lambda: len(process.ask("details")["alive"]) == 3, 120, "3 nodes alive")
-
-
 def test_whole_stack_restart_brings_back_versions_weights_and_rollout(
     cluster: Any, admin: httpx.Client, registry: str, roles: Roles
 ) -> None:
     """A paused rollout (a challenger at the first step's weight) beside the champion: Ray
-    and Serve are stopped and started from nothing; the same state comes back."""
+    and Serve are stopped and started from nothing; the same state comes back, and the audit
+    trail (in PostgreSQL) carries on: the same events, then larger seqs, none reused."""
     process, gateway = cluster
     champion = roles.record(MODEL).expected()["champion"]
     assert champion is not None
@@ -314,7 +371,9 @@ def test_whole_stack_restart_brings_back_versions_weights_and_rollout(
     assert paused.status_code == 200, paused.text
     before = _status(admin)
     assert before["rollout"]["status"] == "paused"
+    trail = _events(admin)
 
+    stopped_at = time.time()
     started = time.monotonic()
     process.ask("restart", timeout_s=300)
     wait_for(
@@ -339,6 +398,17 @@ def test_whole_stack_restart_brings_back_versions_weights_and_rollout(
     assert after["rollout"]["step"] == before["rollout"]["step"]
     assert not result.failed, result.failed[:3]
     assert set(result.versions()) <= {champion, challenger}
+    newest = trail[-1]["seq"]
+    later = wait_for(
+        lambda: [e for e in _events(admin, newest) if e["time"] >= stopped_at],
+        60,
+        "events of the restarted watcher",
+    )
+    assert later[-1]["seq"] > newest
+    trail_after = _events(admin)
+    assert trail_after[: len(trail)] == trail  # every seq still names the same event
+    seqs = [e["seq"] for e in trail_after]
+    assert seqs == sorted(set(seqs)) and seqs[len(trail)] > newest
 
 
 def test_batch_job_scores_on_more_than_one_node(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.audit.store import AuditStore, AuditUnavailable, NewEvent
+from app.audit.store import AuditStore, AuditUnavailable, NewEvent, driver_url
 from app.control import events as ev
 from app.control.events import Event, EventLog
 
@@ -201,3 +201,11 @@ def test_events_dump_to_plain_dicts_for_the_admin_api() -> None:
         "actor": "modellane",
         "message": "validation failed",
     }
+
+
+def test_a_postgresql_url_without_a_driver_is_taken_as_psycopg2() -> None:
+    """SQLAlchemy 2.1 takes plain postgresql:// as psycopg 3, which is not installed."""
+    store = AuditStore("postgresql://audit:secret@127.0.0.1:1/modellane_audit")  # no connect
+    assert store.engine.dialect.driver == "psycopg2"
+    assert driver_url("postgresql+psycopg2://a@h/d").drivername == "postgresql+psycopg2"
+    assert driver_url("sqlite:////tmp/audit.db").drivername == "sqlite"
