@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from app import constants
 from app.generation.wire import (
@@ -108,11 +109,27 @@ async def _generate(
         return JSONResponse(result.model_dump(mode="json"), headers=headers)
     outcome = Outcome()
     events = await generations.stream(target, params, outcome)
-    return StreamingResponse(
+    return EventStream(
         _sse(events, chunks, body.include_usage()),
         media_type="text/event-stream",
         headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events whose source is closed however the response ends.
+
+    Starlette leaves its body iterator suspended where sending failed or was cancelled (a
+    client that left: ``send`` raises, or Ray cancels the request); closed here, the events
+    close in turn and the version's streaming call is cancelled at once, so its replica
+    stops within one token step instead of generating to the end for nobody.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 async def _sse(
@@ -144,4 +161,4 @@ async def _sse(
     yield SSE_DONE
 
 
-__all__ = ["add_generation_routes"]
+__all__ = ["EventStream", "add_generation_routes"]

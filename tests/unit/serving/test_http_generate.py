@@ -4,6 +4,7 @@ generation path over the model server's own generation methods on a tiny model (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -206,3 +207,36 @@ def test_the_traffic_policy_applies_a_full_weight_challenger_answers(setup: Any)
         assert resp.headers[constants.HEADER_MODEL_ROLE] == constants.ROLE_CHALLENGER
     assert dataplane.arms["textgen"]["3"].requests == 2
     assert {r.role for r in records} == {constants.ROLE_CHALLENGER}
+
+
+def test_a_client_that_leaves_closes_the_stream_at_once(setup: Any) -> None:
+    """Sending fails mid-stream (the client left): the events are closed before the
+    request ends, not whenever the garbage collector gets to them, so the version's call
+    is cancelled and generation stops within a step."""
+    api, _, (_, records) = setup
+    body = json.dumps({**BODY, "max_tokens": 40, "temperature": 0, "stream": True}).encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+        "method": "POST", "scheme": "http", "path": "/v1/completions", "raw_path": b"",
+        "query_string": b"", "root_path": "", "server": ("test", 80), "client": ("c", 1),
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+    }  # fmt: skip
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and len(sent) >= 3:
+            raise OSError("the client went away")
+        sent.append(message)
+
+    async def go() -> list[GenerationRecord]:
+        with contextlib.suppress(Exception):
+            await api(scope, receive, send)
+        return list(records)  # before the event loop ends (and finalises generators)
+
+    seen = asyncio.run(go())
+    assert len(seen) == 1, "the stream was left open after the client left"
+    assert 0 < seen[0].tokens < 40
