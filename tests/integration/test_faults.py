@@ -77,6 +77,10 @@ class Follower:
             )
             return list(self.events)
         finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
             self._proc.terminate()
             self._proc.wait(timeout=30)
 
@@ -200,7 +204,12 @@ def test_gateway_replica_killed_under_load_loses_no_request_that_the_client_retr
 
 
 def test_watcher_killed_is_restarted_adopts_what_runs_and_no_request_fails(
-    gateway: str, client: httpx.Client, roles: Roles, registry: str, tmp_path: Path
+    gateway: str,
+    client: httpx.Client,
+    roles: Roles,
+    registry: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     """The RegistryWatcher's process is killed under load. Serve restarts it; it rebuilds its
     state from the registry and the running applications (adopting them: no model replica
@@ -212,6 +221,7 @@ def test_watcher_killed_is_restarted_adopts_what_runs_and_no_request_fails(
     roles.set("sturdy", champion="1", challenger=None, shadow=None)
     last_before = int(client.get("/admin/events", params={"limit": 1}).json()[-1]["seq"])
     follower = Follower(Cli(gateway, registry, tmp_path), last_before)
+    request.addfinalizer(follower.stop)
     app, deployment = constants.CONTROL_APP_NAME, constants.WATCHER_DEPLOYMENT
     (victim,) = wait_for(lambda: running_replicas(app, deployment), 60, "the watcher")
     model_app = constants.version_app_name("sturdy", "1")
@@ -248,7 +258,10 @@ def test_watcher_killed_is_restarted_adopts_what_runs_and_no_request_fails(
     assert not result.failed, result.failed[:3]
     assert after["serving_version"] == before["serving_version"] == "1"
     assert same_replicas == model_replicas, "the restarted watcher redeployed a running version"
-    events = client.get("/admin/events", params={"model": "sturdy", "limit": 200}).json()
+    # The trail is durable: only what came after the kill says what the restarted watcher did.
+    events = client.get(
+        "/admin/events", params={"model": "sturdy", "since": last_before, "limit": 200}
+    ).json()
     assert any(e["kind"] == "adopt" for e in events), events[-5:]
     assert not any(e["kind"] == "deploy" for e in events), "the restarted watcher redeployed"
 
