@@ -18,6 +18,7 @@ FINISH_LENGTH = "length"
 #: What decoding yields for a token that ends inside a multi-byte character.
 _PARTIAL = "\ufffd"
 _GREEDY_BELOW = 1e-6
+_MAX_CHAR_TOKENS = 4
 
 
 class TextGenerator:
@@ -133,13 +134,17 @@ class Generation:
 
     def _new_text(self, final: bool = False) -> str:
         """The text the tokens since the last release add; a token that ends inside a
-        multi-byte character waits for the one that completes it (unless ``final``).
+        multi-byte character waits for the ones that complete it (at most 3 more; unless
+        ``final``).
 
         Only the last few tokens are decoded, so a step costs the same at any length."""
         decode = self._generator.tokenizer.decode
         released = decode(self._ids[self._prefix : self._read], skip_special_tokens=True)
         text = decode(self._ids[self._prefix :], skip_special_tokens=True)
-        if len(text) <= len(released) or (text.endswith(_PARTIAL) and not final):
+        # A character is at most 4 bytes, so at most 4 byte-level tokens: a tail still
+        # partial after that many is bytes that never make a character, released as such.
+        waiting = text.endswith(_PARTIAL) and len(self._ids) - self._read < _MAX_CHAR_TOKENS
+        if len(text) <= len(released) or (waiting and not final):
             return ""
         self._prefix, self._read = self._read, len(self._ids)
         return text[len(released) :]

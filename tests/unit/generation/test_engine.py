@@ -43,6 +43,22 @@ def test_a_tiny_top_p_is_greedy(generator: TextGenerator) -> None:
     assert generator.start(params(temperature=1.0, top_p=1e-6, seed=9)).run() == greedy
 
 
+def test_bytes_that_never_make_a_character_are_not_held_back_for_ever(
+    generator: TextGenerator,
+) -> None:
+    """A multi-byte character waits for its last token; invalid bytes (a random model
+    makes them) are released within 4 tokens, so a stream never stalls to its end."""
+    invalid = generator.tokenizer.convert_tokens_to_ids("\u00ff")  # the byte 0xff alone
+    assert invalid != generator.tokenizer.unk_token_id
+    generation = generator.start(params(max_tokens=20))
+    generation._ids = []
+    released = []
+    for _ in range(6):
+        generation._ids.append(invalid)
+        released.append(generation._new_text())
+    assert released[:3] == ["", "", ""] and released[3].count("\ufffd") >= 1
+
+
 def test_a_temperature_next_to_zero_is_greedy_not_an_overflow(generator: TextGenerator) -> None:
     greedy = generator.start(params(temperature=0)).run()
     assert generator.start(params(temperature=1e-300, seed=2)).run() == greedy
