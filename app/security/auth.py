@@ -415,11 +415,8 @@ def _parser() -> argparse.ArgumentParser:
         "new", help="make a key: prints the key once, then its entry for keys: or $" + ENV_API_KEYS
     )
     new.add_argument("--name", required=True, help="who holds the key")
-    new.add_argument(
-        "--scopes",
-        default="predict",
-        help="comma-separated: predict, feedback, batch, approve, admin",
-    )
+    scopes = "comma-separated: predict, feedback, batch, approve, admin"
+    new.add_argument("--scopes", default="predict", help=scopes)
     new.add_argument("--rate-per-s", type=float, default=None, help="requests per second")
     new.add_argument("--burst", type=int, default=None, help="requests at once above the rate")
     commands.add_parser("hash", help="read a key from stdin, print its sha256")
