@@ -54,6 +54,11 @@ POLICY = {
 }
 
 
+def _mlflow(uri: str) -> MlflowClient:
+    # Both URIs: the suite's conftest sets the process's default registry to its own.
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -88,7 +93,7 @@ def registry(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> It
              "--tracking-uri", server.uri, "--only", "iris"],
             check=True, cwd=REPO, stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        client = MlflowClient(server.uri)
+        client = _mlflow(server.uri)
         client.create_registered_model(MODEL)
         for source in ("1", "2", "2"):
             iris = client.get_model_version("iris", source)
@@ -220,7 +225,7 @@ def test_hot_swap_across_nodes_loses_no_request(
     )
     with load:
         wait_for(lambda: load.done() >= 40, 60, "load under way")
-        MlflowClient(registry).set_registered_model_alias(MODEL, "champion", "2")
+        _mlflow(registry).set_registered_model_alias(MODEL, "champion", "2")
     result = load.result
     assert not result.failed, result.failed[:3]
     assert _status(admin)["serving_version"] == "2"
@@ -288,7 +293,7 @@ def test_canary_rollout_across_nodes_is_promoted(
         max_s=400,
     ) as load:
         wait_for(lambda: load.done() >= 20, 60, "load under way")
-        MlflowClient(registry).set_registered_model_alias(MODEL, "challenger", "3")
+        _mlflow(registry).set_registered_model_alias(MODEL, "challenger", "3")
     result = load.result
     assert not result.failed, result.failed[:3]
     # The load ends once v3 serves; the rollout's outcome is written just after the alias
@@ -357,7 +362,7 @@ def test_whole_stack_restart_brings_back_versions_weights_and_rollout(
     challenger = _other(champion)
     roles.set(MODEL, challenger=None, shadow=None)
     started = time.time()
-    MlflowClient(registry).set_registered_model_alias(MODEL, "challenger", challenger)
+    _mlflow(registry).set_registered_model_alias(MODEL, "challenger", challenger)
     wait_for(
         lambda: (
             (rollout := _status(admin).get("rollout") or {}).get("version") == challenger
