@@ -22,7 +22,8 @@ def sse(data: dict[str, Any]) -> bytes:
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = Field(False, description="Send a last chunk with the usage.")
+    # Strict: OpenAI's API takes true or false, never 0 or "yes" (pydantic would coerce).
+    include_usage: bool = Field(False, strict=True, description="Send a last chunk with usage.")
 
 
 class _Sampling(BaseModel):
@@ -44,7 +45,9 @@ class _Sampling(BaseModel):
         None, ge=0, le=2**63 - 1, description="The same seed and parameters give the same "
         "answer, streamed or not. Unset: a random one.",
     )  # fmt: skip
-    stream: bool = Field(False, description="Answer as server-sent events, token by token.")
+    stream: bool = Field(
+        False, strict=True, description="Answer as server-sent events, token by token."
+    )
     stream_options: StreamOptions | None = Field(None, description="With stream only.")
     n: int = Field(1, ge=1, le=1, description="Answers per request: only 1.")
     user: str | None = Field(None, description="Accepted and ignored.")
