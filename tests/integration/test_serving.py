@@ -94,7 +94,7 @@ def test_health_readiness_and_docs(client: httpx.Client) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200
     # wine: the demo's model served by discovery (tagged modellane.serve=true).
-    assert set(ready.json()["detail"]) == {"iris", "minilm", "sentiment", "wine", *TEST_MODELS}
+    assert set(ready.json()["detail"]) == {*DEMO_MODELS, "wine", *TEST_MODELS}
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     predict = spec["paths"]["/v1/models/{name}/predict"]["post"]
