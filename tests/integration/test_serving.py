@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from ray import serve
 
-from tests.integration.conftest import TEST_MODELS
+from tests.integration.conftest import DEMO_MODELS, TEST_MODELS
 
 pytestmark = pytest.mark.integration
 
