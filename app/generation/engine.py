@@ -129,6 +129,8 @@ class Generation:
             sorted_probs, order = torch.sort(probs, descending=True)
             # Keep the most likely tokens whose mass before them is under top_p (at least one).
             keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
+            # The most likely always: a top_p below float32's range compares as 0 < 0.
+            keep[0] = True
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
         return int(torch.multinomial(probs, 1, generator=self._rng))
 

@@ -22,14 +22,16 @@ def sse(data: dict[str, Any]) -> bytes:
 
 
 class StreamOptions(BaseModel):
-    # Strict: OpenAI's API takes true or false, never 0 or "yes" (pydantic would coerce).
-    include_usage: bool = Field(False, strict=True, description="Send a last chunk with usage.")
+    model_config = ConfigDict(strict=True)
+
+    include_usage: bool = Field(False, description="Send a last chunk with the usage.")
 
 
 class _Sampling(BaseModel):
-    """What both endpoints take besides the prompt."""
+    """What both endpoints take besides the prompt. Strict, as OpenAI's API: a number is
+    never a boolean, nor a boolean a number (pydantic would coerce them)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(..., min_length=1, description="Registered model name, e.g. textgen.")
     max_tokens: int | None = Field(
@@ -45,9 +47,7 @@ class _Sampling(BaseModel):
         None, ge=0, le=2**63 - 1, description="The same seed and parameters give the same "
         "answer, streamed or not. Unset: a random one.",
     )  # fmt: skip
-    stream: bool = Field(
-        False, strict=True, description="Answer as server-sent events, token by token."
-    )
+    stream: bool = Field(False, description="Answer as server-sent events, token by token.")
     stream_options: StreamOptions | None = Field(None, description="With stream only.")
     n: int = Field(1, ge=1, le=1, description="Answers per request: only 1.")
     user: str | None = Field(None, description="Accepted and ignored.")
@@ -76,6 +76,7 @@ class CompletionRequest(_Sampling):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"model": "textgen", "prompt": "the registry", "seed": 1}]},
     )
 
@@ -97,7 +98,7 @@ class CompletionRequest(_Sampling):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Literal["system", "user", "assistant", "developer"] = Field(..., description="Who.")
     content: str = Field(..., description="What they said (text only).")
@@ -109,6 +110,7 @@ class ChatCompletionRequest(_Sampling):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [{"model": "textgen", "messages": [{"role": "user", "content": "hi"}]}]
         },
