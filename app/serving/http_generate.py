@@ -45,7 +45,23 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         503: "No healthy version of the model",
     }.items()
 }
-_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+#: OpenAPI 3.1: an event stream's ``schema`` describes one event (its fields).
+_STREAM = {
+    "text/event-stream": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "data": {
+                    "type": "string",
+                    "description": "A chunk as JSON (chat.completion.chunk or "
+                    "text_completion), or [DONE] last.",
+                },
+                "event": {"type": "string"},
+            },
+            "required": ["data"],
+        }
+    }
+}
 
 
 def add_generation_routes(api: FastAPI, generations: Generations, routing_key_header: str) -> None:
