@@ -68,12 +68,25 @@ class JobLineage:
         except MlflowException as exc:
             if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise
-            if not self._client.search_registered_models(filter_string=f"name = '{model}'"):
+            if not self._registered(model):
                 raise ModelNotFound(f"no registered model named {model!r}", model=model) from exc
             what = f"version {version!r}" if version is not None else f"alias {alias!r}"
             if version is None and alias is None:
                 what = "champion (set alias champion, or give version)"
             raise ModelNotFound(f"model {model!r} has no {what}", model=model) from exc
+
+    def _registered(self, model: str) -> bool:
+        """Whether ``model`` is a registered model (by name, never in a filter string: a
+        name is a client's text, and a quote in it broke MLflow's filter: a 503)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.get_registered_model(model)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return False
+            raise
+        return True
 
     def input_spec(self, model: str, version: str) -> InputSpec:
         """The version's input signature (read from its MLmodel file only).

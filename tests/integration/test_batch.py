@@ -111,6 +111,9 @@ def test_bad_submissions_get_clear_errors_and_start_nothing(
     unknown = submit(model="no-such-model")
     assert unknown.status_code == 404 and "no-such-model" in unknown.json()["error"]["message"]
     assert submit(version="999").status_code == 404
+    # A name is a client's text: a quote in it once broke MLflow's filter string (a 503).
+    quoted = submit(model="it's ' OR name LIKE '%")
+    assert quoted.status_code == 404, quoted.text
     missing = submit(input=str(tmp_path / "nowhere.parquet"))
     assert missing.status_code == 422 and "does not exist" in missing.json()["error"]["message"]
     column = submit(columns=["sepal_length", "sepal_width", "petal_length", "petal_size"])

@@ -5,6 +5,7 @@ replicas, hostile input, and schemathesis over the whole OpenAPI document."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import subprocess
 import threading
@@ -289,7 +290,10 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     an alias of the stack the other tests share (a fuzzed promote of ``broken`` v2 did, in
     CI). Stateful runs are left out for the same reason."""
     report = tmp_path / "schemathesis.txt"
-    with _kept_warm(gateway, "coldstart"):
+    from sklearn.datasets import load_wine
+
+    wine = {c.replace("/", "_"): 1.0 for c in load_wine(as_frame=True).data.columns}
+    with _kept_warm(gateway, {"coldstart": dict.fromkeys(IRIS_COLUMNS, 1.0), "wine": wine}):
         run = _schemathesis(gateway, tmp_path)
     report.write_text(run.stdout + run.stderr)
     assert run.returncode == 0, run.stdout[-6000:]
@@ -297,23 +301,30 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
 
 
 @contextlib.contextmanager
-def _kept_warm(gateway: str, model: str) -> Iterator[None]:
-    """``model`` warm while the block runs: it scales to zero after 5 idle seconds and
-    answers 503 ``cold_start`` past 3 s by design (test_discovery), which the fuzzer, naming
-    it in a body, would take for a server error."""
-    body = {"inputs": [dict.fromkeys(IRIS_COLUMNS, 1.0)]}
-    url = f"{gateway}/v1/models/{model}/predict"
+def _kept_warm(gateway: str, rows: dict[str, dict[str, float]]) -> Iterator[None]:
+    """Each model of ``rows`` (one input row each) warm while the block runs.
 
-    def answered() -> bool:
-        return httpx.post(url, json=body, headers=PREDICT_HEADERS, timeout=60).status_code == 200
+    They scale to zero after 5 idle seconds. ``coldstart`` answers 503 ``cold_start`` past
+    3 s by design (test_discovery), which the fuzzer, naming it in a body, would take for a
+    server error; ``wine`` waits up to its 120 s cold start, past the fuzzer's 30 s time-out
+    (a chat completion naming it, in a full run: its metadata woke it)."""
 
-    wait_for(answered, 180, f"{model} warm")
+    def answered(model: str, timeout: float) -> bool:
+        url = f"{gateway}/v1/models/{model}/predict"
+        body = {"inputs": [rows[model]]}
+        return (
+            httpx.post(url, json=body, headers=PREDICT_HEADERS, timeout=timeout).status_code == 200
+        )
+
+    for model in rows:
+        wait_for(functools.partial(answered, model, 150), 300, f"{model} warm")
     stop = threading.Event()
 
     def ping() -> None:
-        while not stop.wait(1.0):  # well within its 5 idle seconds
-            with contextlib.suppress(httpx.HTTPError):
-                answered()
+        while not stop.wait(1.0):  # well within their 5 idle seconds
+            for model in rows:
+                with contextlib.suppress(httpx.HTTPError):
+                    answered(model, 60)
 
     pinger = threading.Thread(target=ping, daemon=True)
     pinger.start()
@@ -321,7 +332,7 @@ def _kept_warm(gateway: str, model: str) -> Iterator[None]:
         yield
     finally:
         stop.set()
-        pinger.join(90)
+        pinger.join(150)
 
 
 def _schemathesis(gateway: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
