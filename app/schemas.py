@@ -63,6 +63,15 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """FastAPI's ``responses`` for an endpoint: each status, with its description, answered
+    with the common error body (:class:`ErrorResponse`)."""
+    return {
+        status: {"model": ErrorResponse, "description": text}
+        for status, text in descriptions.items()
+    }
+
+
 class VersionInfo(BaseModel):
     version: str
     aliases: list[str] = Field(default_factory=list)

@@ -24,7 +24,6 @@ from app.control.events import Event
 from app.schemas import (
     ApprovalResult,
     ApproveRequest,
-    ErrorResponse,
     Health,
     ModelList,
     ModelStatus,
@@ -34,6 +33,7 @@ from app.schemas import (
     RollbackResult,
     RolloutAction,
     TrafficRequest,
+    error_responses,
 )
 from app.security.access import STATE_KEY_NAME, AccessControl
 from app.security.auth import Authenticator
@@ -59,19 +59,17 @@ from app.settings import LimitSettings
 logger = logging.getLogger("modellane.http")
 CONSOLE_DIR = Path(__file__).parents[1] / "console"
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
+_ERRORS = error_responses(
+    {
         404: "Unknown model",
         500: "The model raised; the body names model and version",
         503: "No healthy version of the model",
-    }.items()
-}
+    }
+)
 #: Answers any route may give: access control, rate limits and the hostile-input guards
 #: run before routing.
-_COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
+_COMMON_ERRORS = error_responses(
+    {
         400: "A body that cannot be parsed at all",
         401: "No API key, or an unknown one (header `Authorization: Bearer <key>`)",
         403: "The API key lacks the scope this endpoint needs",
@@ -79,8 +77,8 @@ _COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
         415: "Body of a content type other than JSON",
         422: "Malformed request; `field` names the offender",
         429: "Over the API key's rate limit; see the Retry-After header",
-    }.items()
-}
+    }
+)
 
 
 class ControlPlane(Protocol):
@@ -269,7 +267,7 @@ def create_api(
     @api.get(
         "/readyz",
         response_model=Health,
-        responses={503: {"model": ErrorResponse, "description": "Some model cannot serve"}},
+        responses=error_responses({503: "Some model cannot serve"}),
         summary="Every model has a healthy champion",
     )
     async def readyz() -> Any:
@@ -306,7 +304,7 @@ def _add_admin_routes(
     @api.post(
         "/admin/models/{name}/rollback",
         response_model=RollbackResult,
-        responses={404: _ERRORS[404], 409: {"model": ErrorResponse, "description": "No previous"}},
+        responses={404: _ERRORS[404], **error_responses({409: "No previous"})},
         summary="Move alias champion back to the previous champion, in MLflow",
         tags=["admin"],
     )
@@ -316,10 +314,9 @@ def _add_admin_routes(
     @api.post(
         "/admin/models/{name}/promote",
         response_model=RollbackResult,
-        responses={
-            404: {"model": ErrorResponse, "description": "Unknown model or version"},
-            409: {"model": ErrorResponse, "description": "That version is the champion"},
-        },
+        responses=error_responses(
+            {404: "Unknown model or version", 409: "That version is the champion"}
+        ),
         summary="Move alias champion to a version, in MLflow, and follow the switch",
         tags=["admin"],
     )
@@ -329,11 +326,13 @@ def _add_admin_routes(
     @api.post(
         "/admin/models/{name}/versions/{version}/approve",
         response_model=ApprovalResult,
-        responses={
-            403: {"model": ErrorResponse, "description": "No approve scope, or four-eyes"},
-            404: {"model": ErrorResponse, "description": "Unknown model or version"},
-            409: {"model": ErrorResponse, "description": "Approved already"},
-        },
+        responses=error_responses(
+            {
+                403: "No approve scope, or four-eyes",
+                404: "Unknown model or version",
+                409: "Approved already",
+            }
+        ),
         summary="Approve a version to serve as champion (require_approval); an approve key",
         tags=["admin"],
     )
@@ -346,10 +345,7 @@ def _add_admin_routes(
     @api.put(
         "/admin/models/{name}/traffic",
         response_model=ModelStatus,
-        responses={
-            404: _ERRORS[404],
-            409: {"model": ErrorResponse, "description": "No challenger"},
-        },
+        responses={404: _ERRORS[404], **error_responses({409: "No challenger"})},
         summary="Set the challenger's weight by hand (pauses a running rollout)",
         tags=["admin"],
     )
@@ -359,7 +355,7 @@ def _add_admin_routes(
     @api.post(
         "/admin/models/{name}/rollout/{action}",
         response_model=ModelStatus,
-        responses={404: _ERRORS[404], 409: {"model": ErrorResponse, "description": "No rollout"}},
+        responses={404: _ERRORS[404], **error_responses({409: "No rollout"})},
         summary="Pause, resume or abort the rollout in progress",
         tags=["admin"],
     )

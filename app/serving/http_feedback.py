@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field
 
 from app.quality.feedback import FeedbackRequest, canonical_label, check_labels, resolve_task
-from app.schemas import ErrorResponse
+from app.schemas import error_responses
 from app.security.access import STATE_KEY_NAME
 from app.serving.dataplane import DataPlane
 from app.serving.errors import InvalidInput, from_body
@@ -45,11 +45,13 @@ def add_feedback_routes(
         "/v1/models/{name}/feedback",
         status_code=202,
         response_model=FeedbackResult,
-        responses={
-            404: {"model": ErrorResponse, "description": "Unknown model"},
-            422: {"model": ErrorResponse, "description": "A label of the wrong type; `field`"},
-            503: {"model": ErrorResponse, "description": "Labels cannot be stored right now"},
-        },
+        responses=error_responses(
+            {
+                404: "Unknown model",
+                422: "A label of the wrong type; `field`",
+                503: "Labels cannot be stored right now",
+            }
+        ),
         summary="Labels (ground truth) of earlier predictions, joined by request id",
     )
     async def feedback(name: str, body: FeedbackRequest, http: Request) -> dict[str, Any]:

@@ -30,21 +30,20 @@ from app.generation.wire import (
     Usage,
     sse,
 )
-from app.schemas import ErrorResponse
+from app.schemas import error_responses
 from app.serving.errors import InvalidInput, ModellaneError
 from app.serving.generating import Generations, Outcome
 
 logger = logging.getLogger("modellane.http")
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
+_ERRORS = error_responses(
+    {
         404: "Unknown model",
         422: "Bad parameters; a prompt, or max_tokens, that does not fit the model's context",
         500: "The model raised",
         503: "No healthy version of the model",
-    }.items()
-}
+    }
+)
 #: OpenAPI 3.1: an event stream's ``schema`` describes one event (its fields).
 _STREAM = {
     "text/event-stream": {

@@ -10,25 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import FastAPI, Query, Request
 
 from app.batch.jobs import BatchJobs
 from app.batch.spec import JobRequest, JobStatus
-from app.schemas import ErrorResponse
+from app.schemas import error_responses
 from app.security.access import STATE_KEY_NAME
 from app.serving.errors import ModellaneError, RegistryUnavailable
 
 logger = logging.getLogger("modellane.jobs")
 T = TypeVar("T")
-
-
-def _errors(**statuses: str) -> dict[int | str, dict[str, Any]]:
-    return {
-        int(code[1:]): {"model": ErrorResponse, "description": text}
-        for code, text in statuses.items()
-    }
 
 
 async def _blocking(call: Callable[[], T]) -> T:
@@ -51,11 +44,13 @@ def add_job_routes(api: FastAPI, jobs: BatchJobs, champion_of: Callable[[str], s
         "/admin/jobs",
         status_code=202,
         response_model=JobStatus,
-        responses=_errors(
-            _404="Unknown model, version or alias",
-            _409="The output already holds files",
-            _422="Unreadable input, a missing column, a bad format; `field` names it",
-            _503="Ray's Jobs API or the registry cannot be reached",
+        responses=error_responses(
+            {
+                404: "Unknown model, version or alias",
+                409: "The output already holds files",
+                422: "Unreadable input, a missing column, a bad format; `field` names it",
+                503: "Ray's Jobs API or the registry cannot be reached",
+            }
         ),
         summary="Score a dataset with a version of a model, as a Ray job",
         tags=["batch"],
@@ -76,7 +71,7 @@ def add_job_routes(api: FastAPI, jobs: BatchJobs, champion_of: Callable[[str], s
     @api.get(
         "/admin/jobs/{job_id}",
         response_model=JobStatus,
-        responses=_errors(_404="No such job"),
+        responses=error_responses({404: "No such job"}),
         summary="A batch job's state and progress",
         tags=["batch"],
     )
@@ -86,7 +81,7 @@ def add_job_routes(api: FastAPI, jobs: BatchJobs, champion_of: Callable[[str], s
     @api.post(
         "/admin/jobs/{job_id}/cancel",
         response_model=JobStatus,
-        responses=_errors(_404="No such job", _409="The job has ended already"),
+        responses=error_responses({404: "No such job", 409: "The job has ended already"}),
         summary="Stop a batch job: nothing of it is committed",
         tags=["batch"],
     )

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app import constants
-from app.schemas import ErrorResponse
+from app.schemas import error_responses
 from app.serving.dataplane import DataPlane
 from app.serving.errors import InvalidInput, ModelFailed
 from app.serving.guard import check_batch
@@ -94,11 +94,9 @@ def add_embeddings_routes(
     @api.post(
         "/v1/embeddings",
         response_model=EmbeddingsResponse,
-        responses={
-            404: {"model": ErrorResponse, "description": "Unknown model"},
-            500: {"model": ErrorResponse, "description": "The model raised"},
-            503: {"model": ErrorResponse, "description": "No healthy version of the model"},
-        },
+        responses=error_responses(
+            {404: "Unknown model", 500: "The model raised", 503: "No healthy version of the model"}
+        ),
         summary="OpenAI-compatible embeddings (models of the sentence-transformers flavor)",
         tags=["openai"],
     )
