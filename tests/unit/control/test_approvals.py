@@ -62,7 +62,8 @@ def test_four_eyes_refuses_the_key_that_registered_or_promoted() -> None:
 
 async def _blocked() -> Stack:
     """iris requires approval: v1 serves; alias champion moved to v2, never approved."""
-    stack = make_stack(GATED)
+    # Blocked promotions alert where drift does (drift.webhook_url).
+    stack = make_stack(GATED, drift={"webhook_url": "http://alerts.invalid/hook"})
     stack.registry.register("iris", "1", "2")
     stack.registry.alias("iris", "champion", "1")
     stack.registry.models["iris"]["1"].tags[constants.TAG_SWITCHED_AT] = "2026-11-01T00:00:00Z"
@@ -82,8 +83,10 @@ async def test_a_champion_without_an_approval_gets_no_traffic_is_tagged_and_aler
     await stack.reconcile()
     await stack.reconcile()
     assert len(stack.events(ev.BLOCKED)) == 1
-    blocked = [a for a in stack.alerts if a.get("kind") == "blocked_promotion"]
-    assert len(blocked) <= 1  # no alert sink is configured here; never more than one
+    await stack.parts.memory.alerts.drain()
+    (alert,) = stack.alerts
+    assert (alert["kind"], alert["model"], alert["version"]) == ("blocked_promotion", "iris", "2")
+    assert "without an approval" in alert["message"]
 
 
 @async_test
