@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from app import tracing
 from app.control.routing import ModelRoutes, RoutingTable, Target
 from app.control.traffic import choose_target, mirror_to_shadow
-from app.quality.compare import ComparisonStats, compare_outputs
+from app.quality.compare import Comparison, ComparisonStats, compare_outputs
 from app.quality.stats import ArmStats
 from app.schemas import ModelList, PredictResponse
 from app.serving.errors import ModellaneError, ModelNotFound, ModelUnavailable, from_body
@@ -37,6 +37,24 @@ logger = logging.getLogger("modellane.dataplane")
 #: What comparing two answers raises when their shapes or values do not go together (a
 #: missing ``outputs``, rows of other types, numbers too large for a float).
 _INCOMPARABLE = (LookupError, TypeError, ValueError, AttributeError, ArithmeticError)
+
+
+@dataclass(frozen=True)
+class Mirrored:
+    """An answered request to mirror to other versions (:meth:`DataPlane.mirror`)."""
+
+    #: What the client got: the version's answer (``outputs``; ``text`` for generation)
+    answer: dict[str, Any]
+    latency_s: float
+    #: The same request to another version: its answer, or the common error body
+    call: Callable[[Target], Awaitable[dict[str, Any]]]
+    #: How two answers compare: ``judge(reference, judged)``
+    judge: Callable[[dict[str, Any], dict[str, Any]], Comparison]
+
+
+def _judged(reference: dict[str, Any], judged: dict[str, Any]) -> Comparison:
+    """Two predictions' outputs, row by row."""
+    return compare_outputs(reference["outputs"], judged["outputs"])
 
 
 class ModelBackend(Protocol):
@@ -161,7 +179,8 @@ class DataPlane:
         response = _response(target, answer)
         if note is not None:
             note.outputs = response.outputs
-        self._mirror(routes, target, inputs, response.outputs, latency_s)
+        mirrored = Mirrored(answer, latency_s, lambda t: self._backend(t).predict(inputs), _judged)
+        self.mirror(routes, target, mirrored)
         return response, target
 
     async def predict_version(
@@ -260,18 +279,14 @@ class DataPlane:
 
     # -- mirrored calls (shadow; champion for a challenger under a rollout) ----------------
 
-    def _mirror(
-        self,
-        routes: ModelRoutes,
-        served: Target,
-        inputs: Any,
-        outputs: list[Any],
-        latency_s: float,
-    ) -> None:
+    def mirror(self, routes: ModelRoutes, served: Target, mirrored: Mirrored) -> None:
+        """Mirror an answered request in the background, bounded in number
+        (``shadow_max_in_flight``) and time (``shadow_timeout_s``): to the shadow, judged
+        against what the client got; and, for a challenger that a rollout compares, to the
+        champion, the reference the challenger is judged against."""
         shadow = mirror_to_shadow(routes, self._rng)
         if shadow is not None and shadow.version != served.version:
-            # judged: the shadow; the reference: what the client got
-            self._spawn_mirror(routes, shadow, shadow.version, inputs, outputs, latency_s, False)
+            self._spawn_mirror(routes, shadow, shadow.version, mirrored, reference_is_call=False)
         champion = routes.champion
         if (
             routes.compare_challenger
@@ -279,17 +294,14 @@ class DataPlane:
             and served.version == routes.challenger.version
             and champion is not None
         ):
-            # judged: the challenger (what the client got); the reference: the champion
-            self._spawn_mirror(routes, champion, served.version, inputs, outputs, latency_s, True)
+            self._spawn_mirror(routes, champion, served.version, mirrored, reference_is_call=True)
 
     def _spawn_mirror(
         self,
         routes: ModelRoutes,
         call: Target,
         judged_version: str,
-        inputs: Any,
-        served_outputs: list[Any],
-        served_latency_s: float,
+        mirrored: Mirrored,
         reference_is_call: bool,
     ) -> None:
         stats = self._comparison(routes.name, judged_version)
@@ -298,7 +310,7 @@ class DataPlane:
             return
         self._mirrors_in_flight[routes.name] += 1
         mirror = self._run_mirror(
-            routes, call, stats, inputs, served_outputs, served_latency_s, reference_is_call,
+            routes, call, stats, mirrored, reference_is_call,
             tracing.link_to_current() if tracing.enabled() else [],
         )  # fmt: skip
         task = asyncio.get_running_loop().create_task(_guarded(mirror, call, stats))
@@ -310,9 +322,7 @@ class DataPlane:
         routes: ModelRoutes,
         call: Target,
         stats: ComparisonStats,
-        inputs: Any,
-        served_outputs: list[Any],
-        served_latency_s: float,
+        mirrored: Mirrored,
         reference_is_call: bool,
         links: list[Any],
     ) -> None:
@@ -323,9 +333,7 @@ class DataPlane:
                 f"mirror {call.app_name}", {**_span_attributes(call), "modellane.mirror": True},
                 kind=tracing.SpanKind.CLIENT, links=links, new_trace=True,
             ):  # fmt: skip
-                answer = await asyncio.wait_for(
-                    self._backend(call).predict(inputs), routes.shadow_timeout_s
-                )
+                answer = await asyncio.wait_for(mirrored.call(call), routes.shadow_timeout_s)
         except TimeoutError:
             stats.timeouts += 1
             return
@@ -341,11 +349,11 @@ class DataPlane:
         mirror_latency_s = time.perf_counter() - started
         try:
             if reference_is_call:
-                comparison = compare_outputs(answer["outputs"], served_outputs)
-                ratio = served_latency_s / max(mirror_latency_s, 1e-9)
+                comparison = mirrored.judge(answer, mirrored.answer)
+                ratio = mirrored.latency_s / max(mirror_latency_s, 1e-9)
             else:
-                comparison = compare_outputs(served_outputs, answer["outputs"])
-                ratio = mirror_latency_s / max(served_latency_s, 1e-9)
+                comparison = mirrored.judge(mirrored.answer, answer)
+                ratio = mirror_latency_s / max(mirrored.latency_s, 1e-9)
         except _INCOMPARABLE as exc:  # answers of shapes that cannot be compared count as errors
             logger.debug("answers of %s not comparable: %r", call.app_name, exc)
             stats.errors += 1
@@ -399,4 +407,4 @@ def _response(target: Target, answer: dict[str, Any]) -> PredictResponse:
     )
 
 
-__all__ = ["ANSWERED", "Answered", "BackendFactory", "DataPlane", "ModelBackend"]
+__all__ = ["ANSWERED", "Answered", "BackendFactory", "DataPlane", "Mirrored", "ModelBackend"]

@@ -10,21 +10,19 @@ complete, and the two texts are compared by :func:`app.quality.compare.compare_t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from app.control.routing import ModelRoutes, Target
-from app.control.traffic import choose_target, mirror_to_shadow
+from app.control.traffic import choose_target
 from app.generation.params import GenerationParams
-from app.quality.compare import ComparisonStats, compare_texts
+from app.quality.compare import Comparison, compare_texts
 from app.quality.stats import ArmStats
-from app.serving.dataplane import ANSWERED, DataPlane
+from app.serving.dataplane import ANSWERED, DataPlane, Mirrored
 from app.serving.errors import InvalidInput, ModellaneError, ModelNotFound, from_body
 
 logger = logging.getLogger("modellane.generation")
@@ -55,6 +53,11 @@ class GenerationRecord:
     tokens_per_s: float | None
 
 
+def _judged(reference: dict[str, Any], judged: dict[str, Any]) -> Comparison:
+    """Two generations for the same prompt (:func:`compare_texts`)."""
+    return compare_texts([reference["text"]], [judged["text"]])
+
+
 def _rate(tokens: int, seconds: float) -> float | None:
     return tokens / seconds if tokens > 0 and seconds > 0 else None
 
@@ -83,8 +86,6 @@ class Generations:
         self.dataplane = dataplane
         self._rng = rng or random.Random()
         self._observer = observer
-        self._mirrors_in_flight: dict[str, int] = defaultdict(int)
-        self._background: set[asyncio.Task[None]] = set()
 
     async def context(self, model: str) -> int:
         """The champion's context (tokens of prompt and answer); a 422 for a model that
@@ -194,7 +195,11 @@ class Generations:
             note.outputs = [text]
         routes = self.dataplane.table.models.get(target.model)
         if routes is not None:
-            self._mirror(routes, target, params, text, latency_s)
+            request = params.model_dump()
+            call = lambda t: self._backend(t).generate(request)  # noqa: E731
+            self.dataplane.mirror(
+                routes, target, Mirrored({"text": text}, latency_s, call, _judged)
+            )
 
     def _observe(
         self, target: Target, ttft: float | None, tokens: int, tokens_per_s: float | None
@@ -210,73 +215,6 @@ class Generations:
             logger.exception("generation observer failed")
             self.dataplane.failures["generation observer"] += 1
 
-    def _mirror(
-        self, routes: ModelRoutes, served: Target, params: GenerationParams, text: str,
-        latency_s: float,
-    ) -> None:  # fmt: skip
-        shadow = mirror_to_shadow(routes, self._rng)
-        if shadow is not None and shadow.version != served.version:
-            self._spawn(routes, shadow, shadow.version, params, text, latency_s, False)
-        champion, challenger = routes.champion, routes.challenger
-        if (
-            routes.compare_challenger
-            and challenger is not None
-            and champion is not None
-            and served.version == challenger.version
-        ):
-            self._spawn(routes, champion, served.version, params, text, latency_s, True)
-
-    def _spawn(
-        self, routes: ModelRoutes, call: Target, judged: str, params: GenerationParams,
-        served_text: str, served_s: float, reference_is_call: bool,
-    ) -> None:  # fmt: skip
-        stats = self._comparison(routes.name, judged)
-        if self._mirrors_in_flight[routes.name] >= routes.shadow_max_in_flight:
-            stats.dropped += 1
-            return
-        self._mirrors_in_flight[routes.name] += 1
-        mirror = self._run_mirror(
-            routes, call, stats, params, served_text, served_s, reference_is_call
-        )
-        task = asyncio.get_running_loop().create_task(mirror)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _run_mirror(
-        self, routes: ModelRoutes, call: Target, stats: ComparisonStats,
-        params: GenerationParams, served_text: str, served_s: float, reference_is_call: bool,
-    ) -> None:  # fmt: skip
-        started = time.perf_counter()
-        try:
-            answer = await asyncio.wait_for(
-                self._backend(call).generate(params.model_dump()), routes.shadow_timeout_s
-            )
-        except TimeoutError:
-            stats.timeouts += 1
-            return
-        except ModellaneError as exc:  # failed or unavailable: an error answer
-            logger.debug("mirrored generation on %s failed: %s", call.app_name, exc)
-            stats.errors += 1
-            return
-        except Exception:  # a mirror never touches the client's answer, nor ends the replica
-            logger.exception("mirrored generation on %s failed", call.app_name)
-            stats.errors += 1
-            return
-        finally:
-            self._mirrors_in_flight[routes.name] -= 1
-        if "error" in answer:
-            stats.errors += 1
-            return
-        mirror_s = time.perf_counter() - started
-        if reference_is_call:  # judged: the challenger the client got; reference: the champion
-            stats.add(
-                compare_texts([answer["text"]], [served_text]), served_s / max(mirror_s, 1e-9)
-            )
-        else:  # judged: the shadow; reference: what the client got
-            stats.add(
-                compare_texts([served_text], [answer["text"]]), mirror_s / max(served_s, 1e-9)
-            )
-
     # -- helpers ------------------------------------------------------------------------
 
     def _routes(self, model: str) -> ModelRoutes:
@@ -290,9 +228,6 @@ class Generations:
 
     def _arm(self, target: Target) -> ArmStats:
         return self.dataplane.arms[target.model].setdefault(target.version, ArmStats())
-
-    def _comparison(self, model: str, version: str) -> ComparisonStats:
-        return self.dataplane.comparisons[model].setdefault(version, ComparisonStats())
 
     async def _checked(self, call: Any, target: Target) -> dict[str, Any]:
         """Await ``call``; an error body (or a failed call) raised with the version's role."""
