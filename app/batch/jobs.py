@@ -34,7 +34,7 @@ from app.batch.spec import (
     input_format,
     new_job_id,
 )
-from app.serving.errors import Conflict, InvalidInput, ModellaneError, ModelUnavailable
+from app.serving.errors import Conflict, InvalidInput, ModellaneError, ModelUnavailable, Overloaded
 from app.serving.validation import TEXT_INPUT_NAME, InputSpec
 
 logger = logging.getLogger("modellane.batch")
@@ -42,6 +42,8 @@ logger = logging.getLogger("modellane.batch")
 #: Ray's metadata key that marks a Ray job as a modellane batch job.
 KIND_KEY, KIND = "modellane.kind", "batch"
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Retry-After of a job refused for ``batch.max_running``: jobs take minutes.
+JOBS_BUSY_RETRY_AFTER_S = 30.0
 #: A run opened this recently without a Ray job yet is being submitted, not lost.
 _SUBMIT_GRACE_S = 60.0
 _RAY_STATES: dict[str, JobState] = {
@@ -56,6 +58,12 @@ _RAY_STATES: dict[str, JobState] = {
 class JobNotFound(ModellaneError):
     status = 404
     code = "job_not_found"
+
+
+class JobsBusy(Overloaded):
+    """``batch.max_running`` jobs are pending or running: 503 with ``Retry-After``."""
+
+    code = "jobs_busy"
 
 
 class JobsUnavailable(ModelUnavailable):
@@ -117,7 +125,8 @@ class BatchJobs:
         Raises:
             ModelNotFound: unknown model, version or alias (404).
             InvalidInput: unreadable input, a missing column, no signature (422).
-            Conflict: the output holds files already (409).
+            Conflict: the output holds files already, or a running job writes to it (409).
+            JobsBusy: ``batch.max_running`` jobs are pending or running (503).
             JobsUnavailable: Ray's Jobs API is not there (503).
         """
         version, source = self._version(request, champion)
@@ -140,6 +149,7 @@ class BatchJobs:
             storage.require_columns(schema, keys, request.input)
         except storage.InputError as exc:
             raise InvalidInput(str(exc), model=request.model, field="input") from exc
+        self._check_room(request)
         try:
             storage.ensure_empty(storage.Location.of(request.output))
         except (storage.OutputTaken, storage.InputError) as exc:
@@ -181,6 +191,32 @@ class BatchJobs:
             self._lineage.close_run(spec.run_id, "failed", f"not started: {exc.message}")
             raise
         return self.status(spec.job_id)
+
+    def _check_room(self, request: JobRequest) -> None:
+        """Refuse a job whose output a pending or running job writes to (their commits
+        would collide: the second failed renaming into a folder the first had filled), and
+        one past ``batch.max_running``."""
+        active = [
+            job
+            for job in self._jobs.list()
+            if job.metadata.get(KIND_KEY) == KIND
+            and _RAY_STATES.get(job.status) in ("pending", "running")
+        ]
+        output = request.output.rstrip("/")
+        for job in active:
+            if job.metadata.get("output", "").rstrip("/") == output:
+                raise Conflict(
+                    f"job {job.job_id} writes to {request.output} now; choose another output",
+                    model=request.model,
+                    field="output",
+                )
+        if len(active) >= self.settings.max_running:
+            raise JobsBusy(
+                f"{len(active)} batch jobs are pending or running, the most allowed "
+                f"(batch.max_running); retry after the Retry-After header's seconds",
+                retry_after_s=JOBS_BUSY_RETRY_AFTER_S,
+                model=request.model,
+            )
 
     def _version(self, request: JobRequest, champion: str | None) -> tuple[str, str]:
         if request.version is not None:

@@ -65,6 +65,13 @@ class JobSettings(BaseModel):
         "to them only when nothing else wants it. Off by default: on a machine whose "
         "replicas keep the CPU busy, a job under SCHED_IDLE may not start at all.",
     )
+    max_running: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Jobs pending or running at once; one more is refused with 503 and "
+        "Retry-After (each holds up to max_cpus, and its driver a process of its own).",
+    )
     experiment: str = Field(
         default="modellane-batch",
         min_length=1,

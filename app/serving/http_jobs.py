@@ -22,6 +22,7 @@ from app.serving.errors import ModellaneError, RegistryUnavailable
 
 logger = logging.getLogger("modellane.jobs")
 T = TypeVar("T")
+_UNREACHABLE = "Ray's Jobs API or the registry cannot be reached"
 
 
 async def _blocking(call: Callable[[], T]) -> T:
@@ -47,9 +48,10 @@ def add_job_routes(api: FastAPI, jobs: BatchJobs, champion_of: Callable[[str], s
         responses=error_responses(
             {
                 404: "Unknown model, version or alias",
-                409: "The output already holds files",
+                409: "The output already holds files, or a running job writes to it",
                 422: "Unreadable input, a missing column, a bad format; `field` names it",
-                503: "Ray's Jobs API or the registry cannot be reached",
+                503: f"{_UNREACHABLE}; or batch.max_running jobs run already (see the "
+                "Retry-After header)",
             }
         ),
         summary="Score a dataset with a version of a model, as a Ray job",
@@ -62,6 +64,7 @@ def add_job_routes(api: FastAPI, jobs: BatchJobs, champion_of: Callable[[str], s
     @api.get(
         "/admin/jobs",
         response_model=list[JobStatus],
+        responses=error_responses({503: _UNREACHABLE}),
         summary="Batch jobs, newest first",
         tags=["batch"],
     )
@@ -71,7 +74,7 @@ def add_job_routes(api: FastAPI, jobs: BatchJobs, champion_of: Callable[[str], s
     @api.get(
         "/admin/jobs/{job_id}",
         response_model=JobStatus,
-        responses=error_responses({404: "No such job"}),
+        responses=error_responses({404: "No such job", 503: _UNREACHABLE}),
         summary="A batch job's state and progress",
         tags=["batch"],
     )
@@ -81,7 +84,9 @@ def add_job_routes(api: FastAPI, jobs: BatchJobs, champion_of: Callable[[str], s
     @api.post(
         "/admin/jobs/{job_id}/cancel",
         response_model=JobStatus,
-        responses=error_responses({404: "No such job", 409: "The job has ended already"}),
+        responses=error_responses(
+            {404: "No such job", 409: "The job has ended already", 503: _UNREACHABLE}
+        ),
         summary="Stop a batch job: nothing of it is committed",
         tags=["batch"],
     )

@@ -174,6 +174,13 @@ def test_job_under_online_load_fails_no_request_and_a_cancelled_job_commits_noth
 
     stopped = submit("many.parquet", "cancelled", 16)
     wait_for(lambda: job(stopped)["rows_done"], 240, "the second job to score a batch")
+    # A second job onto the output the running one writes to: refused, naming it.
+    same = client.post(
+        "/admin/jobs",
+        json={"model": "minilm", "input": str(tmp_path / "docs.parquet"),
+              "output": str(tmp_path / "cancelled")},
+    )  # fmt: skip
+    assert same.status_code == 409 and stopped in same.json()["error"]["message"], same.text
     cancelled = client.post(f"/admin/jobs/{stopped}/cancel")
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["state"] == "cancelled"

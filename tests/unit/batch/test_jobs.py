@@ -9,7 +9,15 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from app.batch.jobs import KIND, KIND_KEY, BatchJobs, JobNotFound, JobsUnavailable, RayJob
+from app.batch.jobs import (
+    KIND,
+    KIND_KEY,
+    BatchJobs,
+    JobNotFound,
+    JobsBusy,
+    JobsUnavailable,
+    RayJob,
+)
 from app.batch.lineage import TAG_MESSAGE, TAG_STATE
 from app.batch.spec import JobRequest, JobSettings, JobSpec
 from app.serving.errors import Conflict, InvalidInput, ModelNotFound
@@ -156,3 +164,26 @@ def test_a_job_that_ends_on_its_own_during_a_cancel_keeps_its_outcome(data: Path
     ray.stop = finishes  # type: ignore[method-assign]
     assert jobs.cancel(job_id, "ops").state == "succeeded"
     assert lineage.runs_by_job[job_id].tags[TAG_STATE] == "succeeded"
+
+
+def test_a_job_writing_to_the_same_output_now_is_a_conflict(data: Path) -> None:
+    jobs, ray, _ = _jobs()
+    first = jobs.submit(_request(data), None, None)
+    with pytest.raises(Conflict, match=f"job {first.job_id} writes to"):
+        jobs.submit(_request(data, output=str(data / "out") + "/"), None, None)
+    ray.jobs[first.job_id].status = "SUCCEEDED"  # ended: its output is checked on disk only
+    jobs.submit(_request(data), None, None)
+    assert len(ray.jobs) == 2
+
+
+def test_past_max_running_a_job_is_refused_with_retry_after(data: Path) -> None:
+    ray, lineage = FakeRay(), FakeLineage()
+    jobs = BatchJobs(JobSettings(max_running=2), ray, lineage)  # type: ignore[arg-type]
+    first = jobs.submit(_request(data, output=str(data / "o1")), None, None)
+    jobs.submit(_request(data, output=str(data / "o2")), None, None)
+    with pytest.raises(JobsBusy, match=r"batch\.max_running") as refused:
+        jobs.submit(_request(data, output=str(data / "o3")), None, None)
+    assert refused.value.status == 503 and refused.value.retry_after_s > 0
+    assert len(lineage.runs_by_job) == 2  # no run opened for the refused one
+    ray.jobs[first.job_id].status = "STOPPED"
+    jobs.submit(_request(data, output=str(data / "o3")), None, None)

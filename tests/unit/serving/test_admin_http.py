@@ -229,6 +229,16 @@ def test_events_pass_model_since_and_limit_through(api: FastAPI, control: FakeCo
     assert control.calls == [("events", "m", 7, 20)]
 
 
+def test_a_since_past_a_64_bit_seq_is_a_422_never_a_read(
+    api: FastAPI, control: FakeControl
+) -> None:
+    resp = request(api, "GET", "/admin/events", params={"since": 2**63})
+    assert_error(resp, 422, "invalid_input", field="query.since")
+    assert control.calls == []
+    ok = request(api, "GET", "/admin/events", params={"since": 2**63 - 1})
+    assert ok.status_code == 200, ok.text
+
+
 def test_events_defaults(api: FastAPI, control: FakeControl) -> None:
     resp = request(api, "GET", "/admin/events")
     assert resp.status_code == 200, resp.text
