@@ -24,6 +24,13 @@ ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 PREDICT_HEADERS = {"Authorization": f"Bearer {PREDICT_KEY}"}
 
 
+def wine_row(value: float = 1.0) -> dict[str, float]:
+    """One input row of the demo's ``wine`` (its columns as logged: ``/`` made ``_``)."""
+    from sklearn.datasets import load_wine
+
+    return {c.replace("/", "_"): value for c in load_wine(as_frame=True).data.columns}
+
+
 def wait_for(
     condition: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.5
 ) -> Any:

@@ -74,9 +74,8 @@ class _Sampling(BaseModel):
 class CompletionRequest(_Sampling):
     """Body of ``POST /v1/completions`` (OpenAI's shape)."""
 
+    # extra="forbid" and strict=True come from _Sampling (pydantic merges a subclass's config)
     model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
         json_schema_extra={"examples": [{"model": "textgen", "prompt": "the registry", "seed": 1}]},
     )
 
@@ -109,8 +108,6 @@ class ChatCompletionRequest(_Sampling):
     """Body of ``POST /v1/chat/completions`` (OpenAI's shape)."""
 
     model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
         json_schema_extra={
             "examples": [{"model": "textgen", "messages": [{"role": "user", "content": "hi"}]}]
         },

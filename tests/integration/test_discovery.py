@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from ray import serve
 
 from app import constants
-from tests.helpers import PREDICT_HEADERS, wait_for
+from tests.helpers import PREDICT_HEADERS, wait_for, wine_row
 from tests.load import Load
 
 pytestmark = pytest.mark.integration
@@ -107,19 +107,13 @@ def test_a_tagged_model_is_served_and_untagged_it_is_not(
 
 def test_the_demos_discovered_model_answers(gateway: str) -> None:
     """wine: registered by scripts/register_demo_models.py with the tag, in no config."""
-    row = {name: 1.0 for name in _wine_columns()}
+    row = wine_row()
     answer = httpx.post(
         f"{gateway}/v1/models/wine/predict", json={"inputs": [row]}, headers=PREDICT_HEADERS,
         timeout=150,
     )  # fmt: skip
     assert answer.status_code == 200, answer.text
     assert answer.json()["outputs"][0] in (0, 1, 2)
-
-
-def _wine_columns() -> list[str]:
-    from sklearn.datasets import load_wine
-
-    return [c.replace("/", "_") for c in load_wine(as_frame=True).data.columns]
 
 
 def test_an_idle_version_scales_to_zero_and_its_first_request_waits_for_a_replica(

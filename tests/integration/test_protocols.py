@@ -26,6 +26,7 @@ from tests.helpers import (
     PREDICT_KEY,
     REPO,
     wait_for,
+    wine_row,
 )
 from tests.load import Load
 
@@ -290,12 +291,10 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     an alias of the stack the other tests share (a fuzzed promote of ``broken`` v2 did, in
     CI). Stateful runs are left out for the same reason."""
     report = tmp_path / "schemathesis.txt"
-    from sklearn.datasets import load_wine
-
-    wine = {c.replace("/", "_"): 1.0 for c in load_wine(as_frame=True).data.columns}
     jobs_before = {job["job_id"] for job in client.get("/admin/jobs").json()}
     try:
-        with _kept_warm(gateway, {"coldstart": dict.fromkeys(IRIS_COLUMNS, 1.0), "wine": wine}):
+        warm = {"coldstart": dict.fromkeys(IRIS_COLUMNS, 1.0), "wine": wine_row()}
+        with _kept_warm(gateway, warm):
             run = _schemathesis(gateway, tmp_path)
     finally:  # a batch job the fuzzer managed to start is stopped: the stack as it was
         for job in client.get("/admin/jobs").json():
